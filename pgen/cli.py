@@ -185,6 +185,89 @@ def data_show(
     typer.echo(f"wrote {out} ({len(arrays['images'])} images from split '{split}')")
 
 
+@data_app.command("import")
+@handled
+def data_import(
+    sources: Annotated[
+        list[Path],
+        typer.Argument(metavar="SRC", help="LArCV ROOT, larcv3 HDF5, PNG, .npy or .npz files, or folders of them.", show_default=False),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output pgen HDF5 file.")],
+    fmt: Annotated[
+        str, typer.Option("--format", help="Input format: auto (from each file's first bytes), larcv-root, larcv3, png or npy.")
+    ] = "auto",
+    producer: Annotated[
+        Optional[str], typer.Option(help="Producer of the image2d tree / larcv3 group to read, where a file has several.")
+    ] = None,
+    plane: Annotated[
+        Optional[int], typer.Option(help="Import only this projection (2: the collection plane) [default: every plane as its own image].")
+    ] = None,
+    threshold: Annotated[
+        Optional[float], typer.Option(help="Set values below T to 0 (negative induction-plane values included).")
+    ] = None,
+    crop: Annotated[
+        Optional[int], typer.Option(help="Cut an N x N window centred on the charge-weighted centre, kept inside the image.")
+    ] = None,
+    min_occupancy: Annotated[
+        Optional[float],
+        typer.Option(help="Keep an image only if at least this fraction of its pixels is non-zero [default: 0.01 with --crop, else 0]."),
+    ] = None,
+    max_crops_per_image: Annotated[
+        int, typer.Option(help="With --crop: up to K windows per image, centred on its K largest clusters (by charge).")
+    ] = 1,
+    scale: Annotated[
+        str,
+        typer.Option(
+            help="keep: store values unchanged (float32 ADC; uint8 PNGs stay uint8); clip: map [0, --clip-max] linearly "
+            "to uint8 0..255; minmax: per-image [0, max] -> 0..255 (WARNING: destroys the energy scale between images)."
+        ),
+    ] = "keep",
+    clip_max: Annotated[Optional[float], typer.Option(help="With --scale clip: the value that becomes 255.")] = None,
+    val_fraction: Annotated[float, typer.Option(help="Fraction of events in the val split (whole events: planes and crops together).")] = 0.1,
+    test_fraction: Annotated[float, typer.Option(help="Fraction of events in the test split.")] = 0.1,
+    seed: Annotated[int, typer.Option(help="Random seed of the event split.")] = 0,
+    workers: Annotated[
+        Optional[int], typer.Option(help="Decoding processes [default: one per input file, at most the CPU cores].")
+    ] = None,
+    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="With several inputs, skip unreadable files with a warning.")] = False,
+) -> None:
+    """Import real detector images (LArCV ROOT, larcv3 HDF5, PNG, NPY) into a pgen dataset, streaming."""
+    from pgen.data import imports
+
+    if fmt != "auto" and fmt not in imports.FORMATS:
+        _fail(f"--format must be auto, {', '.join(imports.FORMATS)}; got {fmt!r}")
+    if scale not in imports.SCALES:
+        _fail(f"--scale must be one of {', '.join(imports.SCALES)}; got {scale!r}")
+    if scale == "clip" and (clip_max is None or clip_max <= 0):
+        _fail("--scale clip needs --clip-max M > 0, the value that maps to 255")
+    if clip_max is not None and scale != "clip":
+        _fail("--clip-max only applies with --scale clip")
+    if crop is not None and crop < 2:
+        _fail(f"--crop must be at least 2, got {crop}")
+    if max_crops_per_image < 1 or (max_crops_per_image > 1 and crop is None):
+        _fail(f"--max-crops-per-image must be at least 1 and needs --crop when above 1, got {max_crops_per_image}")
+    if min_occupancy is not None and not 0 <= min_occupancy <= 1:
+        _fail(f"--min-occupancy must be in [0, 1], got {min_occupancy}")
+    if plane is not None and plane < 0:
+        _fail(f"--plane must be 0 or more, got {plane}")
+    if workers is not None and workers < 1:
+        _fail(f"--workers must be at least 1, got {workers}")
+    _check_fractions(val_fraction, test_fraction)
+    from pgen.progress import progress_bar
+
+    settings = imports.Settings(
+        format=None if fmt == "auto" else fmt, producer=producer, plane=plane, threshold=threshold, crop=crop,
+        min_occupancy=min_occupancy, max_crops=max_crops_per_image, scale=scale, clip_max=clip_max,
+        val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, skip_bad=skip_bad,
+    )
+    warn = lambda message: typer.echo(f"warning: {message}", err=True)  # noqa: E731
+    plan = imports.scan(sources, settings, warn=warn)
+    n_workers = workers or min(len(plan.sources), os.cpu_count() or 1)
+    with progress_bar(plan.n_events, "import") as advance:
+        imports.write(plan, out, settings, workers=n_workers, progress=advance, warn=warn)
+    _print_summary(out)
+
+
 def _check_fractions(val_fraction: float, test_fraction: float) -> None:
     for name, v in (("--val-fraction", val_fraction), ("--test-fraction", test_fraction)):
         if not 0 <= v < 1:
@@ -215,7 +298,140 @@ def _format_info(info: dict) -> str:
             )
         if "label_counts" in s:
             lines.append(f"         labels {s['label_counts']}")
+    lines += _format_import(attrs)
     return "\n".join(lines)
+
+
+def _format_import(attrs: dict) -> list[str]:
+    """The `import_*` attributes `pgen data import` records: what was read and dropped, and the settings."""
+    a = {k[len("import_") :]: v for k, v in attrs.items() if k.startswith("import_")}
+    if "events_read" not in a:
+        return []
+    dropped = ", ".join(f"{k[len('dropped_'):]} {v}" for k, v in a.items() if k.startswith("dropped_"))
+    lines = [
+        f"  import: {a['events_read']} events from {a.get('files_read')} files ({a.get('format')}), "
+        f"{a.get('images_read')} images read, {a.get('images_written')} written; dropped: {dropped}"
+    ]
+    if a.get("files_skipped") or a.get("events_skipped"):
+        lines.append(f"         skipped {a.get('files_skipped')} unreadable files, {a.get('events_skipped')} unreadable events")
+    counters = ("_read", "_written", "_skipped")
+    settings = [f"{k}={v}" for k, v in a.items() if k != "files" and not k.startswith("dropped_") and not k.endswith(counters)]
+    lines.append(f"         settings: {' '.join(settings)}")
+    return lines
+
+
+# --------------------------------------------------------------------------- train
+
+DataOpt = Annotated[
+    Optional[str], typer.Option("--data", help="A pgen dataset file or a built-in name (lartpc64, mnist) [default: lartpc64].")
+]
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="Experiment TOML file (experiments/*.toml); flags override it.")]
+EpochsOpt = Annotated[Optional[int], typer.Option(help="Training epochs [default: 10].")]
+BatchOpt = Annotated[Optional[int], typer.Option(help="Batch size [default: 128].")]
+LatentOpt = Annotated[Optional[int], typer.Option(help="Latent dimension [default: gan/dcgan 100, vae 20].")]
+SeedOpt = Annotated[Optional[int], typer.Option(help="Random seed; same seed and config give identical weights on the CPU [default: 0].")]
+DeviceOpt = Annotated[Optional[str], typer.Option(help="auto (CUDA where present), cpu or cuda [default: auto].")]
+ExperimentOpt = Annotated[Optional[str], typer.Option(help="MLflow experiment [default: MLflow's active/default one].")]
+RunNameOpt = Annotated[Optional[str], typer.Option(help="MLflow run name.")]
+ResumeOpt = Annotated[
+    Optional[str], typer.Option(help="Continue a run from its last checkpoint: RUN_ID, EXPERIMENT:latest or EXPERIMENT:best.")
+]
+LogEveryOpt = Annotated[Optional[int], typer.Option(help="Log training losses every N steps [default: 50].")]
+CheckpointOpt = Annotated[
+    Optional[int], typer.Option(help="Also write checkpoints/last.pt every N steps inside an epoch [default: 0, epoch ends only].")
+]
+ScaleOpt = Annotated[
+    Optional[str], typer.Option(help="Pixel scaling: linear, log or auto (log for ADC data spanning more than 255) [default: auto].")
+]
+WorkersOpt = Annotated[Optional[int], typer.Option(help="DataLoader workers when a dataset streams from disk [default: 0].")]
+LrGOpt = Annotated[Optional[float], typer.Option("--lr-g", help="Generator learning rate [default: 2e-4].")]
+LrDOpt = Annotated[Optional[float], typer.Option("--lr-d", help="Discriminator learning rate [default: 2e-4].")]
+BaseOpt = Annotated[Optional[int], typer.Option(help="Channels of the full-resolution conv layer [default: dcgan 64, vae 32].")]
+
+
+def _train(family: str, config_file: Optional[Path], resume: Optional[str], experiment: Optional[str],
+           run_name: Optional[str], overrides: dict) -> None:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from pgen import train
+
+    result = train.run(
+        family, config_file=config_file, overrides=overrides, resume=resume, experiment=experiment, run_name=run_name,
+        attach_run_id=os.environ.get("MLFLOW_RUN_ID"),
+    )
+    loss = result.val.get("loss")
+    detail = f", val.loss {loss:.4g}" if loss is not None else ""
+    if result.status == "KILLED":
+        typer.echo(f"run {result.run_id} KILLED at epoch {result.epoch}; continue it with --resume {result.run_id}", err=True)
+        raise typer.Exit(130)
+    typer.echo(f"run {result.run_id} {result.status} after {result.epoch} epochs{detail}")
+
+
+def _common(data, epochs, batch_size, lr, latent_dim, seed, device, log_every, checkpoint_every, scale, workers) -> dict:
+    return {
+        "data.path": data, "data.scale": scale, "data.workers": workers, "train.epochs": epochs, "train.batch_size": batch_size,
+        "train.lr": lr, "model.latent_dim": latent_dim, "train.seed": seed, "train.device": device,
+        "train.log_every": log_every, "train.checkpoint_every": checkpoint_every,
+    }
+
+
+@train_app.command("gan")
+@handled
+def train_gan(
+    data: DataOpt = None, config: ConfigOpt = None, epochs: EpochsOpt = None, batch_size: BatchOpt = None,
+    lr: Annotated[Optional[float], typer.Option(help="Both learning rates (--lr-g / --lr-d win) [default: 2e-4].")] = None,
+    lr_g: LrGOpt = None, lr_d: LrDOpt = None, latent_dim: LatentOpt = None,
+    n_layers: Annotated[Optional[int], typer.Option(help="Generator hidden layers [default: 4].")] = None,
+    hidden_width: Annotated[Optional[int], typer.Option(help="Units per hidden layer [default: 512].")] = None,
+    seed: SeedOpt = None, device: DeviceOpt = None, experiment: ExperimentOpt = None, run_name: RunNameOpt = None,
+    resume: ResumeOpt = None, log_every: LogEveryOpt = None, checkpoint_every: CheckpointOpt = None, scale: ScaleOpt = None,
+    workers: WorkersOpt = None,
+) -> None:
+    """Train the linear (MLP) GAN baseline."""
+    overrides = _common(data, epochs, batch_size, lr, latent_dim, seed, device, log_every, checkpoint_every, scale, workers)
+    overrides.update({"train.lr_g": lr_g, "train.lr_d": lr_d, "model.n_layers": n_layers, "model.hidden_width": hidden_width})
+    _train("gan", config, resume, experiment, run_name, overrides)
+
+
+@train_app.command("dcgan")
+@handled
+def train_dcgan(
+    data: DataOpt = None, config: ConfigOpt = None, epochs: EpochsOpt = None, batch_size: BatchOpt = None,
+    lr: Annotated[Optional[float], typer.Option(help="Both learning rates (--lr-g / --lr-d win) [default: 2e-4].")] = None,
+    lr_g: LrGOpt = None, lr_d: LrDOpt = None, latent_dim: LatentOpt = None, base_channels: BaseOpt = None,
+    seed: SeedOpt = None, device: DeviceOpt = None, experiment: ExperimentOpt = None, run_name: RunNameOpt = None,
+    resume: ResumeOpt = None, log_every: LogEveryOpt = None, checkpoint_every: CheckpointOpt = None, scale: ScaleOpt = None,
+    workers: WorkersOpt = None,
+) -> None:
+    """Train the conv GAN (DCGAN; images up to 512x512, other sizes padded to a power of two)."""
+    overrides = _common(data, epochs, batch_size, lr, latent_dim, seed, device, log_every, checkpoint_every, scale, workers)
+    overrides.update({"train.lr_g": lr_g, "train.lr_d": lr_d, "model.base_channels": base_channels})
+    _train("dcgan", config, resume, experiment, run_name, overrides)
+
+
+@train_app.command("vae")
+@handled
+def train_vae(
+    data: DataOpt = None, config: ConfigOpt = None, epochs: EpochsOpt = None, batch_size: BatchOpt = None,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate [default: 1e-3].")] = None,
+    latent_dim: LatentOpt = None,
+    arch: Annotated[Optional[str], typer.Option(help="mlp or conv [default: mlp].")] = None,
+    hidden: Annotated[Optional[str], typer.Option(help="MLP hidden widths, encoder order, e.g. 512,256 [default: 400].")] = None,
+    base_channels: BaseOpt = None,
+    beta: Annotated[Optional[float], typer.Option(help="Weight of the KL term [default: 1].")] = None,
+    kl_warmup: Annotated[Optional[float], typer.Option(help="Epochs over which beta rises from 0 [default: 0].")] = None,
+    recon: Annotated[Optional[str], typer.Option(help="Reconstruction loss: bernoulli (BCE) or gaussian (MSE) [default: bernoulli].")] = None,
+    nonzero_weight: Annotated[
+        Optional[float], typer.Option(help="Up-weight the reconstruction error of non-zero pixels (sparse images) [default: 1].")
+    ] = None,
+    seed: SeedOpt = None, device: DeviceOpt = None, experiment: ExperimentOpt = None, run_name: RunNameOpt = None,
+    resume: ResumeOpt = None, log_every: LogEveryOpt = None, checkpoint_every: CheckpointOpt = None, scale: ScaleOpt = None,
+    workers: WorkersOpt = None,
+) -> None:
+    """Train a variational autoencoder (MLP or conv)."""
+    overrides = _common(data, epochs, batch_size, lr, latent_dim, seed, device, log_every, checkpoint_every, scale, workers)
+    overrides.update({"model.arch": arch, "model.hidden": hidden, "model.base_channels": base_channels, "model.beta": beta,
+                      "model.kl_warmup": kl_warmup, "model.recon": recon, "model.nonzero_weight": nonzero_weight})
+    _train("vae", config, resume, experiment, run_name, overrides)
 
 
 # --------------------------------------------------------------------------- not yet available
