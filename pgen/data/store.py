@@ -255,7 +255,7 @@ def describe(path: str | os.PathLike, *, max_images: int = 2000) -> dict[str, An
             n = len(images)
             k = min(n, max_images)
             try:
-                sample = _evenly_spaced(images, k)
+                stats = _image_stats(images, k)
             except OSError as e:
                 raise PgenError(f"{path}: split '{name}' cannot be read (corrupt or truncated?): {_short(e)}") from None
             entry: dict[str, Any] = {
@@ -265,19 +265,8 @@ def describe(path: str | os.PathLike, *, max_images: int = 2000) -> dict[str, An
                 "labels": "labels" in g,
                 "segmentation": "segmentation" in g,
                 "stats_over": k,
+                **stats,
             }
-            if k:
-                occ = (sample.reshape(k, -1) != 0).mean(axis=1)
-                entry.update(
-                    min=float(sample.min()),
-                    max=float(sample.max()),
-                    mean=float(sample.mean(dtype=np.float64)),
-                    occupancy_mean=float(occ.mean()),
-                    occupancy_median=float(np.median(occ)),
-                    occupancy_min=float(occ.min()),
-                    occupancy_max=float(occ.max()),
-                    empty_images=int((occ == 0).sum()),
-                )
             if "labels" in g:
                 labels, counts = np.unique(g["labels"][:], return_counts=True)
                 entry["label_counts"] = {int(a): int(b) for a, b in zip(labels, counts)}
@@ -294,12 +283,30 @@ def iter_images(path: str | os.PathLike, split: str, *, batch: int = 256) -> Ite
             yield images[lo : lo + batch]
 
 
-def _evenly_spaced(ds: h5py.Dataset, k: int) -> np.ndarray:
+def _image_stats(ds: h5py.Dataset, k: int) -> dict[str, Any]:
+    """Value and occupancy statistics over ``k`` evenly spaced images, read one at a time (bounded memory)."""
     n = len(ds)
-    if k >= n:
-        return ds[:]
+    if k == 0:
+        return {}
     idx = np.unique(np.linspace(0, n - 1, k).astype(np.int64))
-    return np.stack([ds[int(i)] for i in idx])
+    occ = np.empty(len(idx))
+    lo, hi, total, count = np.inf, -np.inf, 0.0, 0
+    for j, i in enumerate(idx):
+        x = ds[int(i)]
+        occ[j] = np.count_nonzero(x) / x.size
+        lo, hi = min(lo, float(x.min())), max(hi, float(x.max()))
+        total += float(x.sum(dtype=np.float64))
+        count += x.size
+    return {
+        "min": lo,
+        "max": hi,
+        "mean": total / count,
+        "occupancy_mean": float(occ.mean()),
+        "occupancy_median": float(np.median(occ)),
+        "occupancy_min": float(occ.min()),
+        "occupancy_max": float(occ.max()),
+        "empty_images": int((occ == 0).sum()),
+    }
 
 
 def _text(value: Any) -> Any:
