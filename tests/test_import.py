@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from pgen.cli import app
 from pgen.data import imports, larcv
+from pgen.data.crop import crop_around_charge
 from pgen.data.store import read_split
 
 runner = CliRunner()
@@ -134,7 +135,7 @@ def test_collection_plane_crops_and_the_occupancy_rule(larcv_dir, tmp_path):
     # the rule by hand: a 64x64 window keeps a proton when >= 0.5% (21 pixels) are non-zero
     table = larcv.root_scan(larcv_dir / "proton.root")
     expected = sum(
-        np.count_nonzero(imports.crop_around_charge(ev[2], 64)[0]) >= 0.005 * 64 * 64
+        np.count_nonzero(crop_around_charge(ev[2], 64)[0]) >= 0.005 * 64 * 64
         for ev in larcv.root_events(larcv_dir / "proton.root", table.name, 0, 10)
     )
     a = attrs(out)
@@ -149,7 +150,7 @@ def test_crop_keeps_the_centre_of_charge_at_the_window_centre(larcv_dir):
     table = larcv.root_scan(larcv_dir / "electron.root")
     for ev in larcv.root_events(larcv_dir / "electron.root", table.name, 0, 4):
         x = ev[2]
-        crop, (r0, c0) = imports.crop_around_charge(x, 64)
+        crop, (r0, c0) = crop_around_charge(x, 64)
         assert crop.shape == (64, 64) and np.array_equal(crop, x[r0 : r0 + 64, c0 : c0 + 64])
         w = x.astype(np.float64)
         rc = (w.sum(1) @ np.arange(256)) / w.sum()
@@ -158,10 +159,10 @@ def test_crop_keeps_the_centre_of_charge_at_the_window_centre(larcv_dir):
             assert abs(rc - r0 - 31.5) <= 0.5 and abs(cc - c0 - 31.5) <= 0.5
     corner = np.zeros((100, 100), np.float32)
     corner[1, 2] = 5
-    assert imports.crop_around_charge(corner, 32)[1] == (0, 0)  # clamped inside the image
+    assert crop_around_charge(corner, 32)[1] == (0, 0)  # clamped inside the image
     corner[:] = 0
     corner[99, 98] = 5
-    assert imports.crop_around_charge(corner, 32)[1] == (68, 68)
+    assert crop_around_charge(corner, 32)[1] == (68, 68)
 
 
 def test_threshold_zeroes_values_below_it_including_negatives(larcv_dir, tmp_path):

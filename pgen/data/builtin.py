@@ -19,6 +19,8 @@ BUILTINS = {
     "mnist": "MNIST digits 28x28, train 60,000 / test 10,000 (from $PGEN_MNIST_DIR or downloaded once)",
 }
 DEFAULT = "lartpc64"
+# cache file per name; the suffix changes whenever the generator's output changes, so a stale cache is never reused
+CACHE_FILES = {"lartpc64": "lartpc64-synth1.h5", "mnist": "mnist.h5"}
 LARTPC64 = dict(events=12000, size=256, crop=64, seed=0, val_fraction=0.1, test_fraction=0.1)
 
 
@@ -39,7 +41,7 @@ def resolve(data: str, *, workers: int | None = None, progress: bool = True) -> 
     if data in BUILTINS:
         folder = cache_dir()
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{data}.h5"
+        path = folder / CACHE_FILES[data]
         if not path.exists():
             _make(data, path, workers=workers, progress=progress)
         return path

@@ -23,6 +23,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from pgen.data import larcv
+from pgen.data.crop import cluster_crops, crop_around_charge
 from pgen.data.store import StoreWriter
 from pgen.errors import PgenError
 
@@ -246,51 +247,6 @@ def read_events(source: Source, start: int, stop: int) -> Iterator[list[np.ndarr
 
 
 # --------------------------------------------------------------------------- preprocessing (pure)
-
-
-def crop_around_charge(image: np.ndarray, n: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """An ``n x n`` window centred on the charge-weighted centre (negative values weigh nothing),
-    shifted to stay inside the image. Returns the crop and its ``(row0, col0)``. An image with no
-    positive charge gives the central window."""
-    charge = np.clip(image, 0, None).astype(np.float64)
-    total = charge.sum()
-    h, w = image.shape
-    if total > 0:
-        centre = (charge.sum(axis=1) @ np.arange(h) / total, charge.sum(axis=0) @ np.arange(w) / total)
-    else:
-        centre = ((h - 1) / 2, (w - 1) / 2)
-    r0, c0 = _window(centre, image.shape, n)
-    return image[r0 : r0 + n, c0 : c0 + n].copy(), (r0, c0)
-
-
-def cluster_crops(image: np.ndarray, n: int, k: int) -> tuple[list[tuple[np.ndarray, tuple[int, int]]], int]:
-    """Up to ``k`` windows centred on the largest clusters (8-connected positive pixels, ranked by
-    charge). A cluster whose centre already lies in a chosen window is skipped and counted."""
-    from scipy import ndimage
-
-    charge = np.clip(image, 0, None)
-    labels, m = ndimage.label(charge > 0, structure=np.ones((3, 3)))
-    if m == 0:
-        return [], 0
-    index = np.arange(1, m + 1)
-    order = np.argsort(-ndimage.sum_labels(charge, labels, index), kind="stable")
-    centres = ndimage.center_of_mass(charge, labels, index)
-    windows: list[tuple[np.ndarray, tuple[int, int]]] = []
-    overlapping = 0
-    for i in order:
-        if len(windows) == k:
-            break
-        rc, cc = centres[i]
-        if any(r0 <= rc < r0 + n and c0 <= cc < c0 + n for _, (r0, c0) in windows):
-            overlapping += 1
-            continue
-        r0, c0 = _window((rc, cc), image.shape, n)
-        windows.append((image[r0 : r0 + n, c0 : c0 + n].copy(), (r0, c0)))
-    return windows, overlapping
-
-
-def _window(centre, shape, n) -> tuple[int, int]:
-    return tuple(int(min(max(np.floor(c - (n - 1) / 2 + 0.5), 0), size - n)) for c, size in zip(centre, shape))  # type: ignore[return-value]
 
 
 def prepare(image: np.ndarray, s: Settings, uint8: bool, where: str) -> tuple[list[np.ndarray], Counter]:
