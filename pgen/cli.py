@@ -347,6 +347,12 @@ WorkersOpt = Annotated[Optional[int], typer.Option(help="DataLoader workers when
 LrGOpt = Annotated[Optional[float], typer.Option("--lr-g", help="Generator learning rate [default: 2e-4].")]
 LrDOpt = Annotated[Optional[float], typer.Option("--lr-d", help="Discriminator learning rate [default: 2e-4].")]
 BaseOpt = Annotated[Optional[int], typer.Option(help="Channels of the full-resolution conv layer [default: dcgan 64, vae 32].")]
+R1Opt = Annotated[
+    Optional[float], typer.Option("--r1-gamma", help="R1 gradient penalty on D at real images, weight gamma/2 (0: off) [default: 0].")
+]
+SmoothingOpt = Annotated[
+    Optional[float], typer.Option(help="One-sided label smoothing: D's target for real images is 1 - S [default: 0].")
+]
 
 
 def _train(family: str, config_file: Optional[Path], resume: Optional[str], experiment: Optional[str],
@@ -361,7 +367,8 @@ def _train(family: str, config_file: Optional[Path], resume: Optional[str], expe
     loss = result.val.get("loss")
     detail = f", val.loss {loss:.4g}" if loss is not None else ""
     if result.status == "KILLED":
-        typer.echo(f"run {result.run_id} KILLED at epoch {result.epoch}; continue it with --resume {result.run_id}", err=True)
+        where = f"{result.epoch} epochs" + (f" and {result.batch} batches" if result.batch else "")
+        typer.echo(f"run {result.run_id} KILLED after {where} (checkpoint written); continue it with --resume {result.run_id}", err=True)
         raise typer.Exit(130)
     typer.echo(f"run {result.run_id} {result.status} after {result.epoch} epochs{detail}")
 
@@ -382,13 +389,20 @@ def train_gan(
     lr_g: LrGOpt = None, lr_d: LrDOpt = None, latent_dim: LatentOpt = None,
     n_layers: Annotated[Optional[int], typer.Option(help="Generator hidden layers [default: 4].")] = None,
     hidden_width: Annotated[Optional[int], typer.Option(help="Units per hidden layer [default: 512].")] = None,
+    d_dropout: Annotated[Optional[float], typer.Option(help="Dropout on the discriminator's hidden units [default: 0].")] = None,
+    init: Annotated[
+        Optional[str], typer.Option(help="Initial weights: normal (N(0, 0.02)) or torch (PyTorch's default) [default: normal].")
+    ] = None,
+    r1_gamma: R1Opt = None, label_smoothing: SmoothingOpt = None,
     seed: SeedOpt = None, device: DeviceOpt = None, experiment: ExperimentOpt = None, run_name: RunNameOpt = None,
     resume: ResumeOpt = None, log_every: LogEveryOpt = None, checkpoint_every: CheckpointOpt = None, scale: ScaleOpt = None,
     workers: WorkersOpt = None,
 ) -> None:
     """Train the linear (MLP) GAN baseline."""
     overrides = _common(data, epochs, batch_size, lr, latent_dim, seed, device, log_every, checkpoint_every, scale, workers)
-    overrides.update({"train.lr_g": lr_g, "train.lr_d": lr_d, "model.n_layers": n_layers, "model.hidden_width": hidden_width})
+    overrides.update({"train.lr_g": lr_g, "train.lr_d": lr_d, "model.n_layers": n_layers, "model.hidden_width": hidden_width,
+                      "model.d_dropout": d_dropout, "model.init": init, "model.r1_gamma": r1_gamma,
+                      "model.label_smoothing": label_smoothing})
     _train("gan", config, resume, experiment, run_name, overrides)
 
 
@@ -398,13 +412,15 @@ def train_dcgan(
     data: DataOpt = None, config: ConfigOpt = None, epochs: EpochsOpt = None, batch_size: BatchOpt = None,
     lr: Annotated[Optional[float], typer.Option(help="Both learning rates (--lr-g / --lr-d win) [default: 2e-4].")] = None,
     lr_g: LrGOpt = None, lr_d: LrDOpt = None, latent_dim: LatentOpt = None, base_channels: BaseOpt = None,
+    r1_gamma: R1Opt = None, label_smoothing: SmoothingOpt = None,
     seed: SeedOpt = None, device: DeviceOpt = None, experiment: ExperimentOpt = None, run_name: RunNameOpt = None,
     resume: ResumeOpt = None, log_every: LogEveryOpt = None, checkpoint_every: CheckpointOpt = None, scale: ScaleOpt = None,
     workers: WorkersOpt = None,
 ) -> None:
     """Train the conv GAN (DCGAN; images up to 512x512, other sizes padded to a power of two)."""
     overrides = _common(data, epochs, batch_size, lr, latent_dim, seed, device, log_every, checkpoint_every, scale, workers)
-    overrides.update({"train.lr_g": lr_g, "train.lr_d": lr_d, "model.base_channels": base_channels})
+    overrides.update({"train.lr_g": lr_g, "train.lr_d": lr_d, "model.base_channels": base_channels,
+                      "model.r1_gamma": r1_gamma, "model.label_smoothing": label_smoothing})
     _train("dcgan", config, resume, experiment, run_name, overrides)
 
 
@@ -434,6 +450,43 @@ def train_vae(
     _train("vae", config, resume, experiment, run_name, overrides)
 
 
+@train_app.command("latent")
+@handled
+def train_latent(
+    vae: Annotated[str, typer.Option(help="The VAE run whose codes to model: RUN_ID, EXPERIMENT:latest or EXPERIMENT:best.")],
+    method: Annotated[str, typer.Option(help="flow (RealNVP), ewm (optimal-transport generator) or gmm (Gaussian mixture, EM).")] = "flow",
+    data: Annotated[Optional[str], typer.Option("--data", help="Dataset to encode [default: the VAE's own].")] = None,
+    codes: Annotated[str, typer.Option(help="mean: posterior means; sample: one draw from q(z|x) per image.")] = "mean",
+    epochs: Annotated[Optional[int], typer.Option(help="Training epochs (gmm: EM iterations) [default: 20].")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Codes per step (0: the default) [default: 256; gmm: all codes in each EM iteration].")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate of the flow / ewm generator [default: 1e-3].")] = None,
+    depth: Annotated[Optional[int], typer.Option(help="Flow coupling layers / ewm hidden layers [default: flow 6, ewm 3].")] = None,
+    width: Annotated[Optional[int], typer.Option(help="Hidden units per layer [default: flow 128, ewm 256].")] = None,
+    cost: Annotated[Optional[str], typer.Option(help="ewm transport cost: l1 or l2 (squared) [default: l1].")] = None,
+    ot_steps: Annotated[Optional[int], typer.Option(help="ewm dual-potential steps per generator step [default: 5].")] = None,
+    ot_lr: Annotated[Optional[float], typer.Option(help="ewm dual-potential learning rate [default: 0.1].")] = None,
+    k: Annotated[Optional[int], typer.Option("--k", help="gmm components [default: 10].")] = None,
+    covariance: Annotated[Optional[str], typer.Option(help="gmm covariance: full or diag [default: full].")] = None,
+    seed: SeedOpt = None, device: DeviceOpt = None, experiment: ExperimentOpt = None, run_name: RunNameOpt = None,
+    log_every: LogEveryOpt = None,
+) -> None:
+    """Train a generator of a VAE's latent codes (two-stage generation): flow, ewm or gmm."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from pgen import latent
+
+    settings = {"codes": codes, "lr": lr, "depth": depth, "width": width, "cost": cost, "ot_steps": ot_steps, "ot_lr": ot_lr,
+                "k": k, "covariance": covariance}
+    result = latent.run(vae, method, data=data, settings=settings, epochs=epochs, batch_size=batch_size, seed=seed,
+                        device=device, log_every=log_every, experiment=experiment, run_name=run_name,
+                        attach_run_id=os.environ.get("MLFLOW_RUN_ID"))
+    loss = result.val.get("loss")
+    detail = f", val.loss {loss:.4g}, val.swd {result.val.get('swd', float('nan')):.4g}" if loss is not None else ""
+    if result.status == "KILLED":
+        typer.echo(f"run {result.run_id} KILLED at epoch {result.epoch}", err=True)
+        raise typer.Exit(130)
+    typer.echo(f"run {result.run_id} {result.status} after {result.epoch} epochs{detail}")
+
+
 # --------------------------------------------------------------------------- not yet available
 
 
@@ -442,10 +495,26 @@ def _not_yet(name: str) -> None:
     raise typer.Exit(2)
 
 
-@app.command("deploy", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def deploy_cmd() -> None:
-    """Sample images from a trained run into a pgen dataset (not yet available)."""
-    _not_yet("deploy")
+@app.command("deploy")
+@handled
+def deploy_cmd(
+    run: Annotated[str, typer.Argument(help="The run to sample: RUN_ID, EXPERIMENT:latest or EXPERIMENT:best.")],
+    n: Annotated[int, typer.Option("-n", "--n", help="Number of samples.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output pgen HDF5 file (split 'samples').")],
+    grid: Annotated[Optional[Path], typer.Option(help="Also save a PNG grid of the first samples here.")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed (and batch size) gives the same samples.")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Samples drawn at a time (bounds the memory).")] = 256,
+    device: Annotated[str, typer.Option(help="auto (CUDA where present), cpu or cuda.")] = "auto",
+    experiment: ExperimentOpt = None,
+) -> None:
+    """Sample N images from a trained run (gan, dcgan, vae, latent-*) into a pgen dataset; recorded as a deploy run."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from pgen import sample
+
+    result = sample.deploy(run, n, out, grid=grid, seed=seed, batch_size=batch_size, device=device, experiment=experiment,
+                           attach_run_id=os.environ.get("MLFLOW_RUN_ID"))
+    logged = "logged as an artifact" if result.logged_file else "too large to log as an artifact"
+    typer.echo(f"wrote {result.path} ({result.n} samples of run {result.source_run}; {logged}); deploy run {result.run_id}")
 
 
 @app.command("evaluate", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -38,6 +38,18 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("PGEN_CACHE", str(tmp_path_factory.getbasetemp() / "pgen-cache"))
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tests run tiny models: one torch thread is fastest, and far faster than two on shared cores
+    (small ops otherwise stall on OpenMP hand-offs)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def _mlflow_template(tmp_path_factory) -> Path:
     """One migrated sqlite MLflow database per session (a fresh one spends seconds migrating)."""
@@ -70,6 +82,7 @@ def mlflow_store(_mlflow_template, tmp_path, monkeypatch) -> str:
     monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
     mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(experiment_id="0")  # the active experiment is process-global: don't inherit one
     yield uri
     while mlflow.active_run() is not None:
         mlflow.end_run()

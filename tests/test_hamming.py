@@ -35,14 +35,6 @@ ENGINE_MODES = [("int8", True), ("int8", False), ("float32", True), ("float32", 
 IDS = ["int8", "int8-gpu-code", "float32", "float32-gpu-code", "popcount"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny products: one thread avoids OpenMP hand-offs that dominate on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(params=ENGINE_MODES, ids=IDS)
 def engine(request, monkeypatch):

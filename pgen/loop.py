@@ -1,0 +1,295 @@
+"""The one training loop: epochs, wall time, checkpoints, MLflow logging, progress and signals.
+
+Every model family trains through `fit`, contributing only its pure functions (`pgen.steps`).
+The loop keeps the per-step metrics on the device and synchronises once every
+``train.log_every`` steps; metrics go to MLflow in batches at the end of each epoch.
+
+Randomness: the initial weights, the step generator, the data order of each epoch, the
+validation noise and the per-epoch sample grid each come from their own stream derived from
+``train.seed``; the data order depends on (seed, epoch) only, so a resumed run (which restores
+the step generator from its checkpoint) sees exactly what an uninterrupted run would.
+
+Ctrl-C or SIGTERM stops at the next step boundary: the checkpoint of the current position
+(epoch and batch) is written and `fit` returns ``KILLED``. A non-finite loss raises `Diverged`
+before anything from that epoch is checkpointed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Protocol
+
+import torch
+
+from pgen import __version__, config, steps, tracking
+from pgen.config import Config
+
+CHECKPOINT_FORMAT = "pgen-checkpoint"
+
+
+class Diverged(Exception):
+    """A loss or validation metric became NaN or infinite."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM asked the loop to stop."""
+
+
+class Batches(Protocol):
+    n: int  # images in the split
+
+    def __len__(self) -> int: ...  # batches per epoch
+
+    def epoch(self, epoch: int, skip: int = 0) -> Iterator[torch.Tensor]: ...
+
+
+def derive_seed(seed: int, stream: str) -> int:
+    """An independent 63-bit seed for one named random stream of a run."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{stream}".encode()).digest()[:8], "little") >> 1
+
+
+@dataclass
+class Position:
+    """Where training stands: completed epochs, batches done in the current one, best val.loss."""
+
+    epoch: int = 0
+    batch: int = 0
+    best: float = math.inf
+    rng_state: torch.Tensor | None = None
+
+
+@dataclass
+class Outcome:
+    status: str  # FINISHED or KILLED
+    state: steps.State
+    position: Position
+    val: dict[str, float] = field(default_factory=dict)
+
+
+def checkpoint_payload(cfg: Config, state: steps.State, rng: torch.Generator, pos: Position) -> dict[str, Any]:
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "version": 1,
+        "pgen": __version__,
+        "family": cfg.family,
+        "shape": list(cfg.shape),
+        "config": config.flatten(cfg),
+        "epoch": pos.epoch,
+        "batch": pos.batch,
+        "best": pos.best,
+        "state": steps.state_dict(state),
+        "rng": rng.get_state(),
+    }
+
+
+class _Signals:
+    """SIGINT / SIGTERM set a flag (the loop stops at the next step); a second Ctrl-C raises at once."""
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_Signals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+class _Display:
+    """A rich bar (epochs and batches, losses, images/s) on a terminal; one line per epoch otherwise."""
+
+    def __init__(self, epochs: int, batches: int, enabled: bool | None):
+        self.tty = sys.stderr.isatty() if enabled is None else enabled
+        self.epochs, self.batches = epochs, batches
+        self.bar = None
+        if self.tty:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(bar_width=24), MofNCompleteColumn(), TimeElapsedColumn(),
+                                TimeRemainingColumn(), TextColumn("{task.fields[info]}"), transient=False, console=Console(stderr=True))
+            self.bar.start()
+            self.epoch_task = self.bar.add_task("epochs", total=epochs, info="")
+            self.batch_task = self.bar.add_task("batches", total=batches, info="")
+
+    def start_epoch(self, epoch: int, done: int) -> None:
+        if self.bar:
+            self.bar.update(self.epoch_task, completed=epoch)
+            self.bar.reset(self.batch_task, total=self.batches, completed=done, info="")
+
+    def advance(self) -> None:
+        if self.bar:
+            self.bar.advance(self.batch_task)
+
+    def info(self, text: str) -> None:
+        if self.bar:
+            self.bar.update(self.batch_task, info=text)
+
+    def end_epoch(self, epoch: int, line: str, short: str) -> None:
+        if self.bar:
+            self.bar.update(self.epoch_task, completed=epoch + 1, info=short)
+            self.bar.console.print(f"epoch {epoch + 1}/{self.epochs}: {line}", highlight=False, markup=False)
+        else:
+            print(f"epoch {epoch + 1}/{self.epochs}: {line}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar:
+            self.bar.stop()
+
+
+def _fmt(values: dict[str, float], keys) -> str:
+    return " ".join(f"{k} {values[k]:.4g}" for k in keys if k in values)
+
+
+def _check_finite(values: dict[str, float], where: str, cfg: Config) -> None:
+    bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+    if bad:
+        k, v = next(iter(bad.items()))
+        lr = f"--lr (now {cfg.train.lr:g})" if cfg.family == "vae" else f"--lr-g/--lr-d (now {cfg.train.lr_g:g}/{cfg.train.lr_d:g})"
+        raise Diverged(f"training diverged: {k} is {v} {where}; lower the learning rate {lr} and start again "
+                       "(the last good checkpoint is kept)")
+
+
+def evaluate(family: steps.Family, state: steps.State, batches: Batches, rng: torch.Generator) -> dict[str, float]:
+    """Validation metrics over a whole split (sums per batch, added on the device, one sync at the end)."""
+    totals: dict[str, torch.Tensor] = {}
+    for batch in batches.epoch(0):
+        for k, v in family.evaluate_batch(state, batch, rng).items():
+            totals[k] = totals[k] + v if k in totals else v
+    return family.summarize({k: v.cpu() for k, v in totals.items()})
+
+
+def fit(
+    cfg: Config,
+    state: steps.State,
+    train: Batches,
+    val: Batches,
+    run_id: str,
+    *,
+    position: Position | None = None,
+    on_step: Callable[[steps.State, int, int], None] | None = None,
+    progress: bool | None = None,
+) -> Outcome:
+    """Train ``state`` to ``cfg.train.epochs`` epochs, logging to run ``run_id``."""
+    from pgen.display import event_grid
+
+    family = steps.FAMILIES[cfg.family]
+    t = cfg.train
+    device = next(next(iter(state.nets.values())).parameters()).device
+    pos = position or Position()
+    rng = torch.Generator(device=device).manual_seed(derive_seed(t.seed, "step"))
+    if pos.rng_state is not None:
+        rng.set_state(pos.rng_state)
+    log = tracking.MetricLog(run_id)
+    display = _Display(t.epochs, len(train), progress)
+    consistent = True
+    val_metrics: dict[str, float] = {}
+    acc: dict[str, torch.Tensor] = {}  # step metrics since the last logged interval, summed on the device
+    count = 0
+
+    def save(name: str) -> None:
+        tracking.save_checkpoint(run_id, name, checkpoint_payload(cfg, state, rng, pos))
+
+    def log_interval(epoch: int) -> dict[str, float]:
+        """Log the mean step metrics since the last call (one host sync) after checking they are finite."""
+        nonlocal acc, count
+        if not count:
+            return {}
+        values = _drain(acc, count)
+        acc, count = {}, 0
+        _check_finite(values, f"at step {state.step} (epoch {epoch + 1})", cfg)
+        log.add({f"train.{k}": v for k, v in values.items()}, state.step)
+        return values
+
+    try:
+        with _Signals() as signals:
+            while pos.epoch < t.epochs:
+                epoch = pos.epoch
+                display.start_epoch(epoch, pos.batch)
+                images = 0
+                start = time.perf_counter()
+                for batch in train.epoch(epoch, skip=pos.batch):
+                    if signals.requested:
+                        raise Interrupted(signals.requested)
+                    consistent = False
+                    state, m = family.step(state, batch, rng)
+                    pos.batch += 1
+                    consistent = True
+                    images += len(batch)
+                    for k, v in m.items():
+                        acc[k] = acc[k] + v if k in acc else v
+                    count += 1
+                    if state.step % t.log_every == 0:
+                        values = log_interval(epoch)
+                        display.info(f"{_fmt(values, ('loss', 'loss_d', 'loss_g'))} {images / (time.perf_counter() - start):.0f} img/s")
+                    if t.checkpoint_every and state.step % t.checkpoint_every == 0:
+                        log_interval(epoch)  # never checkpoint unchecked steps
+                        log.flush()
+                        save("last.pt")
+                    if on_step is not None:
+                        on_step(state, epoch, pos.batch)
+                    display.advance()
+                log_interval(epoch)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                train_time = time.perf_counter() - start
+                val_metrics = evaluate(family, state, val, torch.Generator(device=device).manual_seed(derive_seed(t.seed, "val")))
+                _check_finite(val_metrics, f"on the validation split after epoch {epoch + 1}", cfg)
+                samples = family.sample(state, t.samples, torch.Generator(device=device).manual_seed(derive_seed(t.seed, "samples")))
+                tracking.log_grid(event_grid(config.from_model(samples, cfg.data).float().cpu().numpy()), epoch + 1)
+                pos.epoch, pos.batch = epoch + 1, 0
+                epoch_values = {f"val.{k}": v for k, v in val_metrics.items()}
+                epoch_values["perf.images_per_s"] = images / max(train_time, 1e-9)
+                epoch_values["perf.train_time_s"] = train_time
+                epoch_values["perf.epoch_time_s"] = time.perf_counter() - start
+                epoch_values["epoch"] = epoch + 1
+                log.add(epoch_values, epoch + 1)
+                log.flush()
+                improved = val_metrics["loss"] < pos.best
+                if improved:
+                    pos.best = val_metrics["loss"]
+                save("last.pt")
+                if improved:
+                    save("best.pt")
+                keys = ("loss", "nelbo", "recon", "kl", "loss_d", "loss_g", "dark_fraction", "occupancy_samples")
+                display.end_epoch(epoch, f"val {_fmt(val_metrics, keys)}; {epoch_values['perf.images_per_s']:.0f} img/s, "
+                                         f"{epoch_values['perf.epoch_time_s']:.1f} s", f"val.loss {val_metrics['loss']:.4g}")
+    except (Interrupted, KeyboardInterrupt):
+        display.close()
+        if consistent:  # stopped between steps: the current position is a valid checkpoint (if its losses are finite)
+            log_interval(pos.epoch)
+            save("last.pt")
+        log.flush()
+        return Outcome("KILLED", state, pos, val_metrics)
+    except BaseException:
+        display.close()
+        try:
+            log.flush()
+        except Exception:  # noqa: BLE001 - the original error matters more
+            pass
+        raise
+    display.close()
+    return Outcome("FINISHED", state, pos, val_metrics)
+
+
+def _drain(acc: dict[str, torch.Tensor], count: int) -> dict[str, float]:
+    """Means of the accumulated step metrics: one host synchronisation for all of them."""
+    keys = list(acc)
+    values = torch.stack([acc[k].float() for k in keys]).div(count).tolist()
+    return dict(zip(keys, values))

@@ -1,0 +1,283 @@
+"""Everything MLflow: opening and ending runs, params, batched metrics, artifacts, checkpoints, run references.
+
+Tracking goes wherever MLflow's own default or ``MLFLOW_TRACKING_URI`` points; pgen never sets
+a store of its own. Inside ``mlflow run`` the shell passes ``MLFLOW_RUN_ID`` as ``attach_id`` and
+pgen continues that run instead of opening a second one.
+
+Checkpoints are ``torch.save`` files of tensors and plain values only, read back with
+``torch.load(weights_only=True)``; on a local artifact store they are written in place
+atomically (temporary file + rename), elsewhere uploaded as one object.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+import warnings
+from pathlib import Path
+from typing import Any, Mapping
+
+import mlflow
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+
+from pgen.errors import PgenError
+
+KIND = "train"
+MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch call
+
+
+def client() -> mlflow.MlflowClient:
+    return mlflow.MlflowClient()
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def start(*, attach_id: str | None = None, resume_id: str | None = None, experiment: str | None = None,
+          run_name: str | None = None, tags: Mapping[str, str] | None = None) -> str:
+    """Open (or re-open) the run and make it active; returns its id."""
+    if attach_id and resume_id and attach_id != resume_id:
+        raise PgenError(f"--resume {resume_id} inside `mlflow run` (run {attach_id}): resume with `pgen train` directly")
+    run_id = attach_id or resume_id
+    if run_id:
+        run = mlflow.start_run(run_id=run_id)
+        if run_name and not resume_id:
+            mlflow.set_tag("mlflow.runName", run_name)
+    else:
+        if experiment:
+            mlflow.set_experiment(experiment)
+        run = mlflow.start_run(run_name=run_name)
+    if tags:
+        mlflow.set_tags(dict(tags))
+    return run.info.run_id
+
+
+def end(status: str, error: str | None = None) -> None:
+    """End the active run as FINISHED, FAILED (with ``pgen.error``) or KILLED."""
+    if mlflow.active_run() is None:
+        return
+    try:
+        if error:
+            mlflow.set_tag("pgen.error", error[:5000])
+    finally:
+        mlflow.end_run(status=status)
+
+
+def log_params(run_id: str, params: Mapping[str, Any]) -> None:
+    """Log params once; on a resumed run the ones already there stay (MLflow params are immutable)."""
+    existing = client().get_run(run_id).data.params
+    new = [Param(k, _param_text(v)) for k, v in params.items() if k not in existing]
+    changed = {k: _param_text(v) for k, v in params.items() if k in existing and existing[k] != _param_text(v)}
+    for i in range(0, len(new), 100):
+        client().log_batch(run_id, params=new[i : i + 100])
+    if changed:  # e.g. more epochs on resume: the latest value as a tag
+        client().log_batch(run_id, tags=[RunTag(f"pgen.resumed.{k}", v) for k, v in changed.items()])
+
+
+def _param_text(v: Any) -> str:
+    return "" if v is None else str(v)
+
+
+class MetricLog:
+    """Buffers metrics and sends them in batches (one call per ``flush``, not one per value)."""
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+        self.buffer: list[Metric] = []
+
+    def add(self, values: Mapping[str, float], step: int) -> None:
+        ts = int(time.time() * 1000)
+        self.buffer.extend(Metric(k, float(v), ts, int(step)) for k, v in values.items())
+
+    def flush(self) -> None:
+        while self.buffer:
+            chunk, self.buffer = self.buffer[:MAX_BATCH], self.buffer[MAX_BATCH:]
+            client().log_batch(self.run_id, metrics=chunk)
+
+
+def log_text(text: str, artifact_file: str) -> None:
+    mlflow.log_text(text, artifact_file)
+
+
+def log_grid(rgb, epoch: int) -> None:
+    """The epoch's sample grid, as MLflow's image series ``samples``."""
+    mlflow.log_image(rgb, key="samples", step=epoch, synchronous=True)  # no async queue to drain at the run's end
+
+
+def log_dataset(file: str | os.PathLike, *, name: str, split: str, n: int, image_shape: tuple[int, ...], dtype: str,
+                digest: str, context: str) -> None:
+    """Record a split as the run's input: source = the file, a content digest, the shape as schema."""
+    import numpy as np
+    from mlflow.data import from_numpy
+
+    # a zero-stride stand-in carries the shape and dtype without reading the images
+    features = np.broadcast_to(np.zeros((), dtype=np.dtype(dtype)), (n, *image_shape))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = from_numpy(features, source=str(Path(file).resolve()), name=f"{name}:{split}", digest=digest)
+        mlflow.log_input(ds, context=context)
+
+
+def file_digest(path: str | os.PathLike, *, full_below: int = 2 * 1024**3) -> str:
+    """SHA-256 of the file (of its size, first and last 64 MiB beyond ``full_below`` bytes), 16 hex digits."""
+    p = Path(path)
+    size = p.stat().st_size
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        if size <= full_below:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+        else:
+            h.update(str(size).encode())
+            h.update(f.read(1 << 26))
+            f.seek(-(1 << 26), os.SEEK_END)
+            h.update(f.read())
+    return h.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _local_artifact_dir(run_id: str) -> Path | None:
+    uri = client().get_run(run_id).info.artifact_uri
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        return Path(urllib.request.url2pathname(parsed.path))
+    if len(parsed.scheme) == 1:  # a Windows drive letter
+        return Path(uri)
+    return None
+
+
+def save_checkpoint(run_id: str, name: str, payload: Mapping[str, Any]) -> None:
+    """Write ``checkpoints/<name>`` atomically (a crash never leaves a half-written checkpoint)."""
+    import torch
+
+    local = _local_artifact_dir(run_id)
+    if local is not None:
+        folder = local / "checkpoints"
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{name}.tmp-{os.getpid()}"
+        try:
+            torch.save(dict(payload), tmp)
+            os.replace(tmp, folder / name)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / name
+        torch.save(dict(payload), path)
+        client().log_artifact(run_id, str(path), "checkpoints")
+
+
+def load_checkpoint(run_id: str, name: str = "last.pt") -> dict:
+    """A run's checkpoint as a dict of tensors and plain values; anything else is a PgenError."""
+    import torch
+
+    with tempfile.TemporaryDirectory() as d:
+        try:
+            path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"checkpoints/{name}", dst_path=d)
+        except (MlflowException, OSError):
+            raise PgenError(f"run {run_id} has no checkpoints/{name} (it stopped before its first checkpoint); start a new run") from None
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - corrupt zip, truncated file or pickled objects
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise PgenError(
+                f"run {run_id}: checkpoints/{name} is corrupt or holds pickled objects pgen will not load ({first[:200]}); "
+                "resume from another run or start a new one"
+            ) from None
+    if not isinstance(payload, dict) or payload.get("format") != "pgen-checkpoint":
+        raise PgenError(f"run {run_id}: checkpoints/{name} is not a pgen checkpoint; resume from another run or start a new one")
+    return payload
+
+
+# --------------------------------------------------------------------------- run references
+
+
+def resolve_run(ref: str):
+    """A run from a reference: a run id, ``EXPERIMENT:latest`` or ``EXPERIMENT:best`` (lowest ``val.loss``)."""
+    c = client()
+    if ":" in ref:
+        name, which = ref.rsplit(":", 1)
+        if which not in ("latest", "best"):
+            raise PgenError(f"run reference '{ref}': use a run id, EXPERIMENT:latest or EXPERIMENT:best")
+        exp = c.get_experiment_by_name(name)
+        if exp is None:
+            raise PgenError(f"run reference '{ref}': no experiment named '{name}'")
+        runs = c.search_runs([exp.experiment_id], filter_string=f"tags.`pgen.kind` = '{KIND}'",
+                             order_by=["attributes.start_time DESC"], max_results=5000)
+        if which == "best":
+            runs = sorted((r for r in runs if "val.loss" in r.data.metrics), key=lambda r: r.data.metrics["val.loss"])
+        if not runs:
+            raise PgenError(f"run reference '{ref}': experiment '{name}' has no training runs" + (" with a val.loss" if which == "best" else ""))
+        return runs[0]
+    try:
+        run = c.get_run(ref)
+    except MlflowException:
+        raise PgenError(f"run reference '{ref}': no such run in {mlflow.get_tracking_uri()}") from None
+    if run.info.lifecycle_stage == "deleted":
+        raise PgenError(f"run reference '{ref}': the run is deleted")
+    kind = run.data.tags.get("pgen.kind")
+    if kind != KIND:
+        raise PgenError(f"run reference '{ref}': a {kind or 'non-pgen'} run, not a training run")
+    return run
+
+
+def read_text(run_id: str, artifact_file: str) -> str:
+    try:
+        return mlflow.artifacts.load_text(f"runs:/{run_id}/{artifact_file}")
+    except (MlflowException, OSError):
+        raise PgenError(f"run {run_id} has no {artifact_file}") from None
+
+
+# --------------------------------------------------------------------------- the generator as a model
+
+
+def pip_requirements() -> list[str]:
+    import numpy
+    import torch
+
+    return [f"torch=={torch.__version__.split('+')[0]}", f"numpy=={numpy.__version__}", f"mlflow=={mlflow.__version__}"]
+
+
+def log_generator(net_state: Mapping[str, Any], config_flat: Mapping[str, Any], image_shape: tuple[int, ...]) -> str:
+    """Log the generator (or VAE) as the pyfunc model ``generator``; returns its model URI.
+
+    Input: ``[[n]]`` (a number of samples) or latent vectors ``[N, latent_dim]``, any numeric dtype;
+    output: images ``[N, H, W]`` (``[N, C, H, W]``) float32 in stored units; param ``seed``.
+    """
+    import numpy as np
+    import torch
+    from mlflow.models import ModelSignature
+    from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
+
+    import pgen
+
+    shape = tuple(image_shape[1:]) if image_shape[0] == 1 else tuple(image_shape)
+    signature = ModelSignature(
+        inputs=None,  # [[n]] or [N, latent_dim] of any numeric dtype: checked by the model itself
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *shape))]),
+        params=ParamSchema([ParamSpec("seed", "long", 0)]),
+    )
+
+    package = Path(pgen.__file__).parent
+    with tempfile.TemporaryDirectory() as d:
+        weights = Path(d) / "generator.pt"
+        torch.save({"config": dict(config_flat), "net": dict(net_state)}, weights)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            info = mlflow.pyfunc.log_model(
+                name="generator",
+                python_model=str(package / "models" / "pyfunc.py"),
+                artifacts={"weights": str(weights)},
+                code_paths=[str(package)],
+                pip_requirements=pip_requirements(),
+                signature=signature,
+            )
+    mlflow.set_tag("pgen.model_uri", info.model_uri)
+    return info.model_uri
