@@ -348,7 +348,7 @@ LrGOpt = Annotated[Optional[float], typer.Option("--lr-g", help="Generator learn
 LrDOpt = Annotated[Optional[float], typer.Option("--lr-d", help="Discriminator learning rate [default: 2e-4].")]
 BaseOpt = Annotated[Optional[int], typer.Option(help="Channels of the full-resolution conv layer [default: dcgan 64, vae 32].")]
 R1Opt = Annotated[
-    Optional[float], typer.Option("--r1-gamma", help="R1 gradient penalty on D at real images, weight gamma/2 (0: off) [default: 0].")
+    Optional[float], typer.Option("--r1-gamma", help="R1 gradient penalty on D at real images, weight gamma/2 (0: off) [default: gan 1, dcgan 0].")
 ]
 SmoothingOpt = Annotated[
     Optional[float], typer.Option(help="One-sided label smoothing: D's target for real images is 1 - S [default: 0].")
