@@ -347,3 +347,6 @@ def load_state(state: State, payload: dict) -> State:
         opt.load_state_dict(payload["opts"][k])
     return dataclasses.replace(state, step=int(payload["step"]))
 
+
+# the two-stage families (latent-flow, latent-ewm, latent-gmm) add themselves to FAMILIES
+from pgen import latent_steps as _latent_steps  # noqa: E402,F401
