@@ -25,20 +25,6 @@ SMALL_MODEL = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(autouse=True)
-def _default_experiment(mlflow_store):
-    mlflow.set_experiment(experiment_id="0")
-    yield
-
-
 def client() -> mlflow.MlflowClient:
     return mlflow.MlflowClient()
 

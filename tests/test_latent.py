@@ -20,20 +20,6 @@ TINY_VAE = {"train.epochs": 2, "train.batch_size": 16, "train.log_every": 2, "tr
 SMALL = {"flow": {"depth": 2, "width": 16}, "ewm": {"depth": 2, "width": 32}, "gmm": {"k": 3}}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(autouse=True)
-def _default_experiment(mlflow_store):
-    mlflow.set_experiment(experiment_id="0")
-    yield
-
-
 def tiny_vae(data: Path, **over) -> str:
     return train.run("vae", overrides={"data.path": str(data), **TINY_VAE, **over}, progress=False).run_id
 
