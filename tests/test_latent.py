@@ -211,3 +211,20 @@ def test_bad_vae_references_fail_with_one_line_and_leave_nothing_running(tiny_da
     result = runner.invoke(app, ["train", "latent", "--vae", vae_id])
     assert result.exit_code == 1 and "checkpoints/best.pt" in result.output
     assert len(client().search_runs(["0"])) == before and no_run_left_running()
+
+
+def test_mlproject_train_latent_entry_point(tiny_dataset, mlflow_store, monkeypatch):
+    import os
+    import sys
+
+    from pgen.tracking import client
+
+    vae_id = tiny_vae(tiny_dataset)
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    repo = Path(__file__).resolve().parents[1]
+    submitted = mlflow.projects.run(str(repo), "train_latent", parameters={"vae_run": vae_id, "method": "gmm", "epochs": 3},
+                                    env_manager="local", experiment_id="0")
+    assert submitted.get_status() == "FINISHED"
+    run = client().get_run(submitted.run_id)
+    assert run.data.tags["pgen.model"] == "latent-gmm" and run.data.tags["pgen.source_run"] == vae_id
+    assert "val.swd" in run.data.metrics
