@@ -529,10 +529,54 @@ def compare_cmd() -> None:
     _not_yet("compare")
 
 
-@app.command("tune", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def tune_cmd() -> None:
-    """Search latent dimension and learning rates with Optuna (not yet available)."""
-    _not_yet("tune")
+@app.command("tune")
+@handled
+def tune_cmd(
+    model: Annotated[Optional[str], typer.Argument(help="Model family to tune: gan, dcgan or vae.")] = None,
+    trials: Annotated[Optional[int], typer.Option(help="Total trials the study should hold (all workers together).")] = None,
+    study: Annotated[Optional[str], typer.Option(help="Study name; the same name continues the study [default: MODEL-DATASET].")] = None,
+    storage: Annotated[
+        str, typer.Option(help="Optuna storage: an RDB URL (sqlite:///..., postgresql://...) or a journal file ending in .log/.journal.")
+    ] = "sqlite:///optuna.db",
+    timeout: Annotated[Optional[float], typer.Option(help="Stop starting trials after S seconds.")] = None,
+    pruner: Annotated[str, typer.Option(help="median, hyperband or none.")] = "median",
+    sampler: Annotated[str, typer.Option(help="tpe or random.")] = "tpe",
+    best: Annotated[
+        Optional[str], typer.Option("--best", help="Print study STUDY's best trial and the `pgen train` command that retrains it.")
+    ] = None,
+    data: DataOpt = None, config: ConfigOpt = None, epochs: EpochsOpt = None, batch_size: BatchOpt = None,
+    seed: SeedOpt = None, device: DeviceOpt = None, experiment: ExperimentOpt = None,
+) -> None:
+    """Search latent dimension and learning rates with Optuna; every trial is a nested MLflow training run.
+
+    The search space is the family's default, overridable in the --config file's [tune] table
+    (e.g. latent_dim = [2, 256], lr = [1e-5, 1e-2], batch_size = {choices = [64, 128]}).
+    """
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from pgen import tune
+
+    if best is not None:
+        trial, command = tune.best(best, storage)
+        params = ", ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
+        typer.echo(f"study '{best}': best trial {trial.number}, {tune.OBJECTIVE} {trial.value:.6g} ({params})")
+        typer.echo(command)
+        return
+    if model is None:
+        _fail("give the MODEL to tune (gan, dcgan or vae), or --best STUDY")
+    if trials is None:
+        _fail("--trials N is required: the total number of trials the study should hold")
+    overrides = {"data.path": data, "train.epochs": epochs, "train.batch_size": batch_size, "train.seed": seed,
+                 "train.device": device}
+    result = tune.run(model, trials=trials, study_name=study, storage=storage, timeout=timeout, pruner=pruner, sampler=sampler,
+                      config_file=config, overrides=overrides, experiment=experiment,
+                      attach_run_id=os.environ.pop("MLFLOW_RUN_ID", None),  # popped: else MLflow reopens it for each trial
+                      echo=typer.echo)
+    if result.best_number is None:
+        typer.echo(f"study '{result.study}': no complete trial yet ({result.ran} run now)")
+        return
+    typer.echo(f"study '{result.study}': {result.ran} trials run now; best trial {result.best_number}, "
+               f"{tune.OBJECTIVE} {result.best_value:.6g}" + (f"; tune run {result.parent_run_id}" if result.parent_run_id else ""))
+    typer.echo(f"retrain it: {result.command}")
 
 
 def main() -> None:

@@ -148,6 +148,8 @@ def parse_toml(text: str, *, source: str = "config") -> dict[str, Any]:
         raise PgenError(f"{p}: not valid TOML: {e}") from None
     flat: dict[str, Any] = {}
     for section, table in raw.items():
+        if section == "tune":  # the search space of `pgen tune` (pgen.tune reads it)
+            continue
         if section not in SECTIONS or not isinstance(table, dict):
             raise PgenError(f"{p}: unknown section [{section}]; a config has [data], [model] and [train]")
         for key, value in table.items():

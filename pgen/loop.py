@@ -185,8 +185,13 @@ def fit(
     position: Position | None = None,
     on_step: Callable[[steps.State, int, int], None] | None = None,
     progress: bool | None = None,
+    on_epoch: Callable[[int, dict[str, float]], bool | None] | None = None,
 ) -> Outcome:
-    """Train ``state`` to ``cfg.train.epochs`` epochs, logging to run ``run_id``."""
+    """Train ``state`` to ``cfg.train.epochs`` epochs, logging to run ``run_id``.
+
+    ``on_epoch(epochs_done, val_metrics)`` is called after each epoch's checkpoint; returning True
+    stops training there (``KILLED``, the checkpoint kept): how `pgen tune` prunes a trial.
+    """
     from pgen.display import event_grid
 
     family = steps.FAMILIES[cfg.family]
@@ -199,6 +204,7 @@ def fit(
     log = tracking.MetricLog(run_id)
     display = _Display(t.epochs, len(train), progress)
     consistent = True
+    stopped = False
     val_metrics: dict[str, float] = {}
     acc: dict[str, torch.Tensor] = {}  # step metrics since the last logged interval, summed on the device
     count = 0
@@ -270,6 +276,9 @@ def fit(
                 keys = ("loss", "nelbo", "recon", "kl", "loss_d", "loss_g", "dark_fraction", "occupancy_samples")
                 display.end_epoch(epoch, f"val {_fmt(val_metrics, keys)}; {epoch_values['perf.images_per_s']:.0f} img/s, "
                                          f"{epoch_values['perf.epoch_time_s']:.1f} s", f"val.loss {val_metrics['loss']:.4g}")
+                if on_epoch is not None and on_epoch(pos.epoch, dict(val_metrics)):
+                    stopped = True
+                    break
     except (Interrupted, KeyboardInterrupt):
         display.close()
         if consistent:  # stopped between steps: the current position is a valid checkpoint (if its losses are finite)
@@ -285,7 +294,7 @@ def fit(
             pass
         raise
     display.close()
-    return Outcome("FINISHED", state, pos, val_metrics)
+    return Outcome("KILLED" if stopped else "FINISHED", state, pos, val_metrics)
 
 
 def _drain(acc: dict[str, torch.Tensor], count: int) -> dict[str, float]:

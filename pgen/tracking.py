@@ -51,7 +51,7 @@ def start(*, attach_id: str | None = None, resume_id: str | None = None, experim
     else:
         if experiment:
             mlflow.set_experiment(experiment)
-        run = mlflow.start_run(run_name=run_name)
+        run = mlflow.start_run(run_name=run_name, nested=mlflow.active_run() is not None)  # a tune trial under its parent
     if tags:
         mlflow.set_tags(dict(tags))
     return run.info.run_id
@@ -120,7 +120,18 @@ def log_dataset(file: str | os.PathLike, *, name: str, split: str, n: int, image
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ds = from_numpy(features, source=str(Path(file).resolve()), name=f"{name}:{split}", digest=digest)
-        mlflow.log_input(ds, context=context)
+        for attempt in range(3):
+            try:
+                mlflow.log_input(ds, context=context)
+                break
+            except MlflowException as e:
+                # two processes (e.g. `pgen tune` workers) logging the same new dataset at once: MLflow's
+                # check-then-insert loses the race in one of them; the dataset exists on the next try
+                if "UNIQUE constraint" not in str(e) and "Duplicate entry" not in str(e) and "duplicate key" not in str(e):
+                    raise
+                if attempt == 2:
+                    raise
+                time.sleep(0.1 * (attempt + 1))
 
 
 def file_digest(path: str | os.PathLike, *, full_below: int = 2 * 1024**3) -> str:

@@ -185,6 +185,8 @@ def run(
     attach_run_id: str | None = None,
     on_step: Callable | None = None,
     progress: bool | None = None,
+    on_epoch: Callable[[int, dict[str, float]], bool | None] | None = None,
+    tags: Mapping[str, str] | None = None,
 ) -> Result:
     """Train one model as one MLflow run (see the module docstring). Bad input raises PgenError first."""
     from pgen.data import builtin
@@ -230,7 +232,7 @@ def run(
                             "start a new run") from None
 
     name = dataset_name(cfg)
-    tags = {"pgen.kind": "train", "pgen.model": family, "pgen.dataset": name}
+    tags = {"pgen.kind": "train", "pgen.model": family, "pgen.dataset": name, **(tags or {})}
     run_id = tracking.start(attach_id=attach_run_id, resume_id=resumed.info.run_id if resumed else None,
                             experiment=None if attach_run_id else experiment, run_name=run_name, tags=tags)
     try:
@@ -238,7 +240,8 @@ def run(
         tracking.log_params(run_id, params)
         tracking.log_text(config.to_toml(cfg), "config.toml")
         _log_inputs(cfg, name)
-        outcome = loop.fit(cfg, state, train_batches, val_batches, run_id, position=position, on_step=on_step, progress=progress)
+        outcome = loop.fit(cfg, state, train_batches, val_batches, run_id, position=position, on_step=on_step, progress=progress,
+                           on_epoch=on_epoch)
         model_uri = None
         if outcome.status == "FINISHED" and cfg.train.log_model:
             net = steps.build_generator(cfg)
