@@ -199,25 +199,19 @@ def run(
     tags = {"pgen.kind": "train", "pgen.model": f"latent-{method}", "pgen.dataset": name, "pgen.source_run": vae_id}
     run_id = tracking.start(attach_id=attach_run_id, experiment=None if attach_run_id else experiment, run_name=run_name, tags=tags)
     try:
-        params = {**config.flatten(cfg), **{f"latent.{k}": v for k, v in dataclasses.asdict(hp).items()},
-                  "seed": seed, "pgen.version": __version__, "source_run": vae_id}
-        tracking.log_params(run_id, params)
-        tracking.log_text(config.to_toml(cfg), "config.toml")
-        tracking.log_text("\n".join(f"{k} = {v!r}" for k, v in dataclasses.asdict(hp).items()) + "\n", "latent.toml")
-        train._log_inputs(cfg, name)  # the encoded splits, as in every training run
-        outcome = loop.fit(cfg, state, train_batches, val_batches, run_id, on_step=on_step, progress=progress)
-        model_uri = None
-        if outcome.status == "FINISHED" and log_model:
-            model_uri = log_two_stage(outcome.state, cfg, hp)
+        with tracking.ending_on_error(plain=(loop.Diverged,)):
+            params = {**config.flatten(cfg), **{f"latent.{k}": v for k, v in dataclasses.asdict(hp).items()},
+                      "seed": seed, "pgen.version": __version__, "source_run": vae_id}
+            tracking.log_params(run_id, params)
+            tracking.log_text(config.to_toml(cfg), "config.toml")
+            tracking.log_text("\n".join(f"{k} = {v!r}" for k, v in dataclasses.asdict(hp).items()) + "\n", "latent.toml")
+            train._log_inputs(cfg, name)  # the encoded splits, as in every training run
+            outcome = loop.fit(cfg, state, train_batches, val_batches, run_id, on_step=on_step, progress=progress)
+            model_uri = None
+            if outcome.status == "FINISHED" and log_model:
+                model_uri = log_two_stage(outcome.state, cfg, hp)
     except loop.Diverged as e:
-        tracking.end("FAILED", str(e))
         raise PgenError(f"{e} [run {run_id} FAILED]") from None
-    except KeyboardInterrupt:
-        tracking.end("KILLED", "interrupted")
-        raise
-    except BaseException as e:
-        tracking.end("FAILED", f"{type(e).__name__}: {e}")
-        raise
     tracking.end(outcome.status)
     return Result(run_id, outcome.status, cfg, hp, outcome.val, outcome.position.epoch, model_uri)
 

@@ -147,7 +147,7 @@ def deploy(ref: str, n: int, out: str | os.PathLike, *, grid: str | os.PathLike 
     tags = {"pgen.kind": "deploy", "pgen.model": gen.model, "pgen.source_run": gen.run_id,
             "pgen.dataset": Path(cfg.data.file).stem}
     run_id = tracking.start(attach_id=attach_run_id, experiment=None if attach_run_id else experiment, tags=tags)
-    try:
+    with tracking.ending_on_error():
         tracking.log_params(run_id, {"n": n, "seed": seed, "batch_size": batch_size, "out": str(out), "source_run": gen.run_id})
         first: list[np.ndarray] = []
         kept = 0
@@ -167,11 +167,5 @@ def deploy(ref: str, n: int, out: str | os.PathLike, *, grid: str | os.PathLike 
         if logged:
             mlflow.log_artifact(str(out), "samples")
         mlflow.set_tag("pgen.samples_file", str(out.resolve()))
-    except KeyboardInterrupt:
-        tracking.end("KILLED", "interrupted")
-        raise
-    except BaseException as e:
-        tracking.end("FAILED", f"{type(e).__name__}: {e}")
-        raise
     tracking.end("FINISHED")
     return Deployed(run_id, gen.run_id, out, n, Path(grid) if grid else None, logged)

@@ -18,8 +18,9 @@ import time
 import urllib.parse
 import urllib.request
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import mlflow
 from mlflow.entities import Metric, Param, RunTag
@@ -66,6 +67,24 @@ def end(status: str, error: str | None = None) -> None:
             mlflow.set_tag("pgen.error", error[:5000])
     finally:
         mlflow.end_run(status=status)
+
+
+@contextmanager
+def ending_on_error(*, plain: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
+    """End the active run by how the block fails: KILLED on Ctrl-C, FAILED with the error as the
+    ``pgen.error`` tag on any exception (the message alone for the ``plain`` types), re-raising.
+    A block that completes leaves the run open for the caller to end with its own status."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        end("KILLED", "interrupted")
+        raise
+    except plain as e:
+        end("FAILED", str(e))
+        raise
+    except BaseException as e:
+        end("FAILED", f"{type(e).__name__}: {e}")
+        raise
 
 
 def log_params(run_id: str, params: Mapping[str, Any]) -> None:

@@ -236,27 +236,21 @@ def run(
     run_id = tracking.start(attach_id=attach_run_id, resume_id=resumed.info.run_id if resumed else None,
                             experiment=None if attach_run_id else experiment, run_name=run_name, tags=tags)
     try:
-        params = {**config.flatten(cfg), "seed": cfg.train.seed, "pgen.version": __version__}
-        tracking.log_params(run_id, params)
-        tracking.log_text(config.to_toml(cfg), "config.toml")
-        _log_inputs(cfg, name)
-        outcome = loop.fit(cfg, state, train_batches, val_batches, run_id, position=position, on_step=on_step, progress=progress,
-                           on_epoch=on_epoch)
-        model_uri = None
-        if outcome.status == "FINISHED" and cfg.train.log_model:
-            net = steps.build_generator(cfg)
-            source = outcome.state.nets["vae" if family == "vae" else "g"]
-            net.load_state_dict(source.state_dict())
-            model_uri = tracking.log_generator({k: v.cpu() for k, v in net.state_dict().items()}, config.flatten(cfg), cfg.shape)
+        with tracking.ending_on_error(plain=(loop.Diverged,)):
+            params = {**config.flatten(cfg), "seed": cfg.train.seed, "pgen.version": __version__}
+            tracking.log_params(run_id, params)
+            tracking.log_text(config.to_toml(cfg), "config.toml")
+            _log_inputs(cfg, name)
+            outcome = loop.fit(cfg, state, train_batches, val_batches, run_id, position=position, on_step=on_step, progress=progress,
+                               on_epoch=on_epoch)
+            model_uri = None
+            if outcome.status == "FINISHED" and cfg.train.log_model:
+                net = steps.build_generator(cfg)
+                source = outcome.state.nets["vae" if family == "vae" else "g"]
+                net.load_state_dict(source.state_dict())
+                model_uri = tracking.log_generator({k: v.cpu() for k, v in net.state_dict().items()}, config.flatten(cfg), cfg.shape)
     except loop.Diverged as e:
-        tracking.end("FAILED", str(e))
         raise PgenError(f"{e} [run {run_id} FAILED]") from None
-    except KeyboardInterrupt:
-        tracking.end("KILLED", "interrupted")
-        raise
-    except BaseException as e:
-        tracking.end("FAILED", f"{type(e).__name__}: {e}")
-        raise
     tracking.end(outcome.status)
     return Result(run_id, outcome.status, cfg, outcome.val, outcome.position.epoch, outcome.position.batch, model_uri)
 

@@ -238,7 +238,7 @@ def run(
     client = tracking.client()
     ran = 0
     best = {"value": math.inf}
-    try:
+    with tracking.ending_on_error():
         tracking.log_params(parent, {"study": name, "storage": redact(storage), "sampler": sampler, "pruner": pruner,
                                      "trials": trials, "objective": OBJECTIVE, "model": family,
                                      "space": json.dumps({d.name: list(d.choices) if d.choices else [d.low, d.high] for d in space.dims})})
@@ -304,12 +304,6 @@ def run(
         study.optimize(objective, n_trials=trials, timeout=timeout, catch=(PgenError,), callbacks=[cap, log_best],
                        gc_after_trial=False)
         _log_plots(client, parent, study, space)
-    except KeyboardInterrupt:
-        tracking.end("KILLED", "interrupted")
-        raise
-    except BaseException as e:
-        tracking.end("FAILED", f"{type(e).__name__}: {e}")
-        raise
     tracking.end("FINISHED")
     return _outcome(study, name, parent, ran)
 
