@@ -31,25 +31,12 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
         import torch
 
         from pgen import config as config_mod
+        from pgen.models.pyfunc_io import images_out, latents
         from pgen.steps import decode
 
-        params = params or {}
         latent_dim = self.config.model.latent_dim
-        values = model_input.to_numpy() if hasattr(model_input, "to_numpy") else np.asarray(model_input)
-        values = np.asarray(values, dtype=np.float32)
-        if values.size == 1:
-            n = int(values.reshape(-1)[0])
-            if n < 1:
-                raise ValueError(f"number of samples must be at least 1, got {n}")
-            rng = torch.Generator().manual_seed(int(params.get("seed", 0)))
-            z = torch.randn(n, latent_dim, generator=rng)
-        else:
-            z = torch.from_numpy(values.reshape(len(values), -1))
-            if z.shape[1] != latent_dim:
-                raise ValueError(f"latent vectors must have {latent_dim} components, got {z.shape[1]}")
-        images = config_mod.from_model(decode(self.net, z, self.family), self.config.data)
-        out = images.numpy().astype(np.float32)
-        return out[:, 0] if out.shape[1] == 1 else out
+        z = latents(model_input, params, latent_dim, lambda n, rng: torch.randn(n, latent_dim, generator=rng))
+        return images_out(config_mod.from_model(decode(self.net, z, self.family), self.config.data))
 
 
 mlflow.models.set_model(GeneratorModel())
