@@ -487,14 +487,6 @@ def train_latent(
     typer.echo(f"run {result.run_id} {result.status} after {result.epoch} epochs{detail}")
 
 
-# --------------------------------------------------------------------------- not yet available
-
-
-def _not_yet(name: str) -> None:
-    typer.echo(f"pgen {name}: not yet available in pgen {__version__}", err=True)
-    raise typer.Exit(2)
-
-
 @app.command("deploy")
 @handled
 def deploy_cmd(
@@ -505,6 +497,7 @@ def deploy_cmd(
     seed: Annotated[int, typer.Option(help="Random seed; the same seed (and batch size) gives the same samples.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Samples drawn at a time (bounds the memory).")] = 256,
     device: Annotated[str, typer.Option(help="auto (CUDA where present), cpu or cuda.")] = "auto",
+    checkpoint: Annotated[str, typer.Option(help="best (lowest val.loss; last where none) or last (the final weights).")] = "best",
     experiment: ExperimentOpt = None,
 ) -> None:
     """Sample N images from a trained run (gan, dcgan, vae, latent-*) into a pgen dataset; recorded as a deploy run."""
@@ -512,21 +505,9 @@ def deploy_cmd(
     from pgen import sample
 
     result = sample.deploy(run, n, out, grid=grid, seed=seed, batch_size=batch_size, device=device, experiment=experiment,
-                           attach_run_id=os.environ.get("MLFLOW_RUN_ID"))
+                           attach_run_id=os.environ.get("MLFLOW_RUN_ID"), checkpoint=checkpoint)
     logged = "logged as an artifact" if result.logged_file else "too large to log as an artifact"
     typer.echo(f"wrote {result.path} ({result.n} samples of run {result.source_run}; {logged}); deploy run {result.run_id}")
-
-
-@app.command("evaluate", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def evaluate_cmd() -> None:
-    """Evaluate a run: memorisation (Hamming), diversity, image statistics, plots (not yet available)."""
-    _not_yet("evaluate")
-
-
-@app.command("compare", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def compare_cmd() -> None:
-    """Rank evaluated runs by their eval.* metrics (not yet available)."""
-    _not_yet("compare")
 
 
 @app.command("tune")
@@ -577,6 +558,9 @@ def tune_cmd(
     typer.echo(f"study '{result.study}': {result.ran} trials run now; best trial {result.best_number}, "
                f"{tune.OBJECTIVE} {result.best_value:.6g}" + (f"; tune run {result.parent_run_id}" if result.parent_run_id else ""))
     typer.echo(f"retrain it: {result.command}")
+
+
+from pgen import cli_evaluate  # noqa: E402,F401  (registers evaluate and compare)
 
 
 def main() -> None:

@@ -49,17 +49,22 @@ class Deployed:
     logged_file: bool
 
 
-def generator(ref: str, device: str = "auto") -> Generator:
-    """A run's sampler; a run that is not a generative training run is a PgenError."""
+def generator(ref: str, device: str = "auto", checkpoint: str = "best") -> Generator:
+    """A run's sampler from its ``best`` checkpoint (``last`` where it has none) or its ``last``;
+    a run that is not a generative training run is a PgenError."""
     from pgen import latent, train
 
     run = tracking.resolve_run(ref)  # deploy, evaluate and tune runs are refused here
     run_id, model = run.info.run_id, run.data.tags.get("pgen.model", "")
     if model not in ("gan", "dcgan", "vae") and not model.startswith("latent-"):
         raise PgenError(f"run {run_id} is a '{model or 'non-pgen'}' run, not a generative model (gan, dcgan, vae, latent-*)")
+    if checkpoint not in ("best", "last"):
+        raise PgenError(f"--checkpoint must be best or last, got '{checkpoint}'")
     try:
-        ckpt = tracking.load_checkpoint(run_id, "best.pt")
+        ckpt = tracking.load_checkpoint(run_id, f"{checkpoint}.pt")
     except PgenError:
+        if checkpoint == "last":
+            raise
         ckpt = tracking.load_checkpoint(run_id, "last.pt")
     dev = train.resolve_device(device)
     if model.startswith("latent-"):
@@ -124,7 +129,7 @@ def _value_range(cfg: Config) -> tuple[float, float]:
 
 def deploy(ref: str, n: int, out: str | os.PathLike, *, grid: str | os.PathLike | None = None, seed: int = 0,
            batch_size: int = 256, device: str = "auto", experiment: str | None = None,
-           attach_run_id: str | None = None) -> Deployed:
+           attach_run_id: str | None = None, checkpoint: str = "best") -> Deployed:
     """Write ``n`` samples of run ``ref`` to ``out`` (split ``samples``) and record a deploy run."""
     import mlflow
 
@@ -141,14 +146,15 @@ def deploy(ref: str, n: int, out: str | os.PathLike, *, grid: str | os.PathLike 
             raise PgenError(f"{what} {path}: folder {path.parent} does not exist; create it first")
     if out.is_dir():
         raise PgenError(f"--out {out} is a folder; give a file name such as {out / 'samples.h5'}")
-    gen = generator(ref, device)
+    gen = generator(ref, device, checkpoint)
     cfg = gen.config
     shape = cfg.shape[1:] if cfg.shape[0] == 1 else cfg.shape
     tags = {"pgen.kind": "deploy", "pgen.model": gen.model, "pgen.source_run": gen.run_id,
             "pgen.dataset": Path(cfg.data.file).stem}
     run_id = tracking.start(attach_id=attach_run_id, experiment=None if attach_run_id else experiment, tags=tags)
     with tracking.ending_on_error():
-        tracking.log_params(run_id, {"n": n, "seed": seed, "batch_size": batch_size, "out": str(out), "source_run": gen.run_id})
+        tracking.log_params(run_id, {"n": n, "seed": seed, "batch_size": batch_size, "out": str(out), "source_run": gen.run_id,
+                                     "checkpoint": checkpoint})
         first: list[np.ndarray] = []
         kept = 0
         with StoreWriter(out, source=f"pgen deploy of run {gen.run_id}", value_range=_value_range(cfg),

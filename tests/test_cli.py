@@ -86,11 +86,6 @@ def test_bad_input_is_one_clear_line(args, message, tmp_path, tiny_dataset, monk
     assert not (tmp_path / "g.png").exists()
 
 
-def test_not_yet_available_groups_exit_nonzero():
-    result = runner.invoke(app, ["compare", "x"])
-    assert result.exit_code == 2 and "not yet available" in result.output
-
-
 def test_show_on_uint8_and_multichannel(tmp_path):
     rng = np.random.default_rng(0)
     store.write_arrays(
