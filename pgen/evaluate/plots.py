@@ -26,7 +26,8 @@ LABELS = {
     "width": "largest cluster width (px)",
     "dark": "dark (near-empty) image",
 }
-LOG_X = {"charge", "pixel_value"}  # heavy-tailed: shown on a log axis
+LOG_X = {"charge", "pixel_value"}
+REFERENCE = {"eval.copy_rate": 0.01, "eval.diversity_ratio": 1.0, "eval.memorisation_ratio": 1.0}  # held-out data's values  # heavy-tailed: shown on a log axis
 
 
 def _plt():
@@ -127,7 +128,9 @@ def statistics(data: Mapping[str, np.ndarray], samples: Mapping[str, np.ndarray]
         d, s = np.asarray(data[name], float), np.asarray(samples[name], float)
         w = comparison.get(name, {}).get("w1_norm", float("nan"))
         if name == "dark":
-            ax.bar(["data", "samples"], [d.mean() if d.size else 0, s.mean() if s.size else 0], color=["C0", "C3"])
+            bars = ax.bar(["data", "samples"], [d.mean() if d.size else 0, s.mean() if s.size else 0], color=["C0", "C3"])
+            ax.bar_label(bars, fmt="%.3f", fontsize=8)
+            ax.set_ylim(0, max(0.05, 1.25 * max(b.get_height() for b in bars)))
             ax.set_ylabel("fraction of images")
         else:
             log = name in LOG_X
@@ -195,6 +198,8 @@ def comparison(rows: Sequence[Mapping[str, object]], metrics: Sequence[str], pat
         sns.barplot(x=vals, y=labels, ax=ax, color="C0", orient="h")
         ax.set_title(m, fontsize=9)
         ax.set_ylabel("")
+        if m in REFERENCE:  # what held-out data itself scores
+            ax.axvline(REFERENCE[m], color="k", ls="--", lw=1)
         if ax is not axes[0][0]:
             ax.set_yticklabels([])
     fig.tight_layout()
