@@ -29,6 +29,7 @@ from mlflow.exceptions import MlflowException
 from pgen.errors import PgenError
 
 KIND = "train"
+PREVIOUS = "previous.pt"  # the last.pt before the current one (local stores): the fallback of a resume
 MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch call
 
 
@@ -194,6 +195,8 @@ def save_checkpoint(run_id: str, name: str, payload: Mapping[str, Any]) -> None:
         tmp = folder / f".{name}.tmp-{os.getpid()}"
         try:
             torch.save(dict(payload), tmp)
+            if name == "last.pt" and (folder / name).exists():  # the previous good one stays as a fallback
+                os.replace(folder / name, folder / PREVIOUS)
             os.replace(tmp, folder / name)
         finally:
             tmp.unlink(missing_ok=True)
@@ -202,6 +205,22 @@ def save_checkpoint(run_id: str, name: str, payload: Mapping[str, Any]) -> None:
         path = Path(d) / name
         torch.save(dict(payload), path)
         client().log_artifact(run_id, str(path), "checkpoints")
+
+
+def load_resumable(run_id: str, warn=None) -> dict:
+    """The checkpoint to resume from: ``last.pt``, or the one before it (``previous.pt``) when
+    ``last.pt`` is missing or corrupt, saying so through ``warn``; a PgenError when neither loads."""
+    try:
+        return load_checkpoint(run_id, "last.pt")
+    except PgenError as last_error:
+        try:
+            payload = load_checkpoint(run_id, PREVIOUS)
+        except PgenError:
+            raise last_error from None
+        if warn is not None:
+            warn(f"warning: run {run_id}: checkpoints/last.pt is missing, corrupt or unsafe to load; resuming from the "
+                 f"checkpoint before it (epoch {payload.get('epoch')}, batch {payload.get('batch')})")
+        return payload
 
 
 def load_checkpoint(run_id: str, name: str = "last.pt") -> dict:
@@ -227,6 +246,40 @@ def load_checkpoint(run_id: str, name: str = "last.pt") -> dict:
 
 
 # --------------------------------------------------------------------------- run references
+
+
+def process_tags() -> dict[str, str]:
+    """Who trains a run: ``pgen.host`` and ``pgen.pid``, so a later resume can tell a dead job from a live one."""
+    import socket
+
+    return {"pgen.host": socket.gethostname(), "pgen.pid": str(os.getpid())}
+
+
+def close_if_stale(run, warn=None) -> None:
+    """A resumed run still shown RUNNING: refuse while its process lives on this host, else mark it
+    KILLED (its process died without ending it: SIGKILL, pre-emption, a lost node) before resuming."""
+    import socket
+
+    if run.info.status != "RUNNING":
+        return
+    host, pid = run.data.tags.get("pgen.host"), run.data.tags.get("pgen.pid", "")
+    if host == socket.gethostname() and pid.isdigit() and _alive(int(pid)) and int(pid) != os.getpid():
+        raise PgenError(f"run {run.info.run_id} is still being trained by process {pid} on this machine; "
+                        "stop it first (Ctrl-C checkpoints it), then resume")
+    client().set_terminated(run.info.run_id, "KILLED")
+    client().set_tag(run.info.run_id, "pgen.stale", f"left RUNNING by process {pid or '?'} on {host or '?'}; marked KILLED on resume")
+    if warn is not None:
+        warn(f"run {run.info.run_id} was left RUNNING by process {pid or '?'} on {host or '?'}, which is gone: marked KILLED, resuming")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def resolve_run(ref: str):

@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import math
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -198,7 +199,7 @@ def run(
             raise PgenError("--config cannot be combined with --resume: a resumed run keeps its own config.toml")
         resumed = tracking.resolve_run(resume)
         cfg, _ = _resume_config(family, resumed, overrides)
-        checkpoint = tracking.load_checkpoint(resumed.info.run_id, "last.pt")
+        checkpoint = tracking.load_resumable(resumed.info.run_id, warn=_warn)
     else:
         cfg = config.build(family, config.read_toml(config_file) if config_file else {}, overrides,
                            source=str(config_file) if config_file else "flags")
@@ -231,8 +232,10 @@ def run(
             raise PgenError(f"run {resumed.info.run_id}: checkpoint does not fit the model ({str(e).splitlines()[0][:200]}); "
                             "start a new run") from None
 
+    if resumed is not None:
+        tracking.close_if_stale(resumed, warn=_warn)
     name = dataset_name(cfg)
-    tags = {"pgen.kind": "train", "pgen.model": family, "pgen.dataset": name, **(tags or {})}
+    tags = {"pgen.kind": "train", "pgen.model": family, "pgen.dataset": name, **tracking.process_tags(), **(tags or {})}
     run_id = tracking.start(attach_id=attach_run_id, resume_id=resumed.info.run_id if resumed else None,
                             experiment=None if attach_run_id else experiment, run_name=run_name, tags=tags)
     try:
@@ -253,6 +256,10 @@ def run(
         raise PgenError(f"{e} [run {run_id} FAILED]") from None
     tracking.end(outcome.status)
     return Result(run_id, outcome.status, cfg, outcome.val, outcome.position.epoch, outcome.position.batch, model_uri)
+
+
+def _warn(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def _to_device(tree, device: torch.device):

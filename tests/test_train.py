@@ -80,7 +80,7 @@ def test_a_training_run_keeps_the_contract(family, tiny_dataset, mlflow_store):
     # artifacts: config, checkpoints, sample grids
     files = {f.path for f in client().list_artifacts(result.run_id)}
     assert {"config.toml", "checkpoints"} <= files
-    assert {f.path for f in client().list_artifacts(result.run_id, "checkpoints")} == {"checkpoints/last.pt", "checkpoints/best.pt"}
+    assert {f.path for f in client().list_artifacts(result.run_id, "checkpoints")} == {"checkpoints/last.pt", "checkpoints/best.pt", "checkpoints/previous.pt"}
     assert f'[model]\nfamily = "{family}"' in mlflow.artifacts.load_text(f"runs:/{result.run_id}/config.toml")
     images = [f.path for f in client().list_artifacts(result.run_id, "images")]
     assert len([p for p in images if p.startswith("images/samples") and p.endswith(".png")]) == 2
@@ -218,9 +218,13 @@ def test_bad_resume_references_and_checkpoints_are_refused(tiny_dataset, mlflow_
     with pytest.raises(PgenError, match="images are 8x8 .* trained on 16x16"):
         train.run("vae", resume=done.run_id, overrides={"train.epochs": 3, "data.path": str(_write(tmp_path / "small.h5", 8))})
     ckpt = Path("mlruns") / "0" / done.run_id / "artifacts" / "checkpoints" / "last.pt"
+    previous = ckpt.with_name("previous.pt")
+    assert weights(done.run_id, "previous.pt")["epoch"] == 1  # epoch 1's last.pt, kept when epoch 2's replaced it
+    previous.write_bytes(previous.read_bytes()[:100])
     ckpt.write_bytes(ckpt.read_bytes()[:100])
-    with pytest.raises(PgenError, match="corrupt"):
+    with pytest.raises(PgenError, match="corrupt"):  # no good checkpoint left: a clear stop
         train.run("vae", resume=done.run_id, overrides={"train.epochs": 3})
+    previous.unlink()
 
     import argparse
 

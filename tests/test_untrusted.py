@@ -31,7 +31,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_everywhere(tiny_dataset, ml
     run_id = trained("vae", tiny_dataset)
     artifacts = Path("mlruns") / "0" / run_id / "artifacts" / "checkpoints"
     payload = {"format": "pgen-checkpoint", "state": RunsCode(marker)}
-    for name in ("last.pt", "best.pt"):
+    for name in ("last.pt", "previous.pt", "best.pt"):
         torch.save(payload, artifacts / name)
     torch.load(artifacts / "last.pt", weights_only=False)  # the file is armed: a plain load runs the payload
     assert marker.exists()
