@@ -70,6 +70,7 @@ class Outcome:
     state: steps.State
     position: Position
     val: dict[str, float] = field(default_factory=dict)
+    log: Any = None  # the run's MetricLog: values a lost tracking server left unsent are still in it
 
 
 def checkpoint_payload(cfg: Config, state: steps.State, rng: torch.Generator, pos: Position) -> dict[str, Any]:
@@ -186,6 +187,7 @@ def fit(
     on_step: Callable[[steps.State, int, int], None] | None = None,
     progress: bool | None = None,
     on_epoch: Callable[[int, dict[str, float]], bool | None] | None = None,
+    outage: tracking.Outage | None = None,
 ) -> Outcome:
     """Train ``state`` to ``cfg.train.epochs`` epochs, logging to run ``run_id``.
 
@@ -202,6 +204,7 @@ def fit(
     if pos.rng_state is not None:
         rng.set_state(pos.rng_state)
     log = tracking.MetricLog(run_id)
+    outage = outage or tracking.Outage(run_id)
     display = _Display(t.epochs, len(train), progress)
     consistent = True
     stopped = False
@@ -210,7 +213,10 @@ def fit(
     count = 0
 
     def save(name: str) -> None:
-        tracking.save_checkpoint(run_id, name, checkpoint_payload(cfg, state, rng, pos))
+        outage.call("checkpoint", tracking.save_checkpoint, run_id, name, checkpoint_payload(cfg, state, rng, pos))
+
+    def flush() -> None:
+        outage.call("metrics", log.flush)
 
     def log_interval(epoch: int) -> dict[str, float]:
         """Log the mean step metrics since the last call (one host sync) after checking they are finite."""
@@ -246,7 +252,7 @@ def fit(
                         display.info(f"{_fmt(values, ('loss', 'loss_d', 'loss_g'))} {images / (time.perf_counter() - start):.0f} img/s")
                     if t.checkpoint_every and state.step % t.checkpoint_every == 0:
                         log_interval(epoch)  # never checkpoint unchecked steps
-                        log.flush()
+                        flush()
                         save("last.pt")
                     if on_step is not None:
                         on_step(state, epoch, pos.batch)
@@ -258,7 +264,8 @@ def fit(
                 val_metrics = evaluate(family, state, val, torch.Generator(device=device).manual_seed(derive_seed(t.seed, "val")))
                 _check_finite(val_metrics, f"on the validation split after epoch {epoch + 1}", cfg)
                 samples = family.sample(state, t.samples, torch.Generator(device=device).manual_seed(derive_seed(t.seed, "samples")))
-                tracking.log_grid(event_grid(config.from_model(samples, cfg.data).float().cpu().numpy()), epoch + 1)
+                outage.call("sample grid", tracking.log_grid, event_grid(config.from_model(samples, cfg.data).float().cpu().numpy()),
+                            epoch + 1)
                 pos.epoch, pos.batch = epoch + 1, 0
                 epoch_values = {f"val.{k}": v for k, v in val_metrics.items()}
                 epoch_values["perf.images_per_s"] = images / max(train_time, 1e-9)
@@ -266,7 +273,7 @@ def fit(
                 epoch_values["perf.epoch_time_s"] = time.perf_counter() - start
                 epoch_values["epoch"] = epoch + 1
                 log.add(epoch_values, epoch + 1)
-                log.flush()
+                flush()
                 improved = val_metrics["loss"] < pos.best
                 if improved:
                     pos.best = val_metrics["loss"]
@@ -284,8 +291,8 @@ def fit(
         if consistent:  # stopped between steps: the current position is a valid checkpoint (if its losses are finite)
             log_interval(pos.epoch)
             save("last.pt")
-        log.flush()
-        return Outcome("KILLED", state, pos, val_metrics)
+        flush()
+        return Outcome("KILLED", state, pos, val_metrics, log)
     except BaseException:
         display.close()
         try:
@@ -294,7 +301,7 @@ def fit(
             pass
         raise
     display.close()
-    return Outcome("KILLED" if stopped else "FINISHED", state, pos, val_metrics)
+    return Outcome("KILLED" if stopped else "FINISHED", state, pos, val_metrics, log)
 
 
 def _drain(acc: dict[str, torch.Tensor], count: int) -> dict[str, float]:

@@ -56,6 +56,7 @@ def start(*, attach_id: str | None = None, resume_id: str | None = None, experim
         run = mlflow.start_run(run_name=run_name, nested=mlflow.active_run() is not None)  # a tune trial under its parent
     if tags:
         mlflow.set_tags(dict(tags))
+    _ARTIFACT_URIS[run.info.run_id] = run.info.artifact_uri
     return run.info.run_id
 
 
@@ -115,9 +116,9 @@ class MetricLog:
         self.buffer.extend(Metric(k, float(v), ts, int(step)) for k, v in values.items())
 
     def flush(self) -> None:
-        while self.buffer:
-            chunk, self.buffer = self.buffer[:MAX_BATCH], self.buffer[MAX_BATCH:]
-            client().log_batch(self.run_id, metrics=chunk)
+        while self.buffer:  # a chunk leaves the buffer only once it is logged
+            client().log_batch(self.run_id, metrics=self.buffer[:MAX_BATCH])
+            self.buffer = self.buffer[MAX_BATCH:]
 
 
 def log_text(text: str, artifact_file: str) -> None:
@@ -174,8 +175,13 @@ def file_digest(path: str | os.PathLike, *, full_below: int = 2 * 1024**3) -> st
 # --------------------------------------------------------------------------- checkpoints
 
 
+_ARTIFACT_URIS: dict[str, str] = {}  # run id -> artifact URI (fixed for a run's life: no server call once known)
+
+
 def _local_artifact_dir(run_id: str) -> Path | None:
-    uri = client().get_run(run_id).info.artifact_uri
+    uri = _ARTIFACT_URIS.get(run_id)
+    if uri is None:
+        uri = _ARTIFACT_URIS[run_id] = client().get_run(run_id).info.artifact_uri
     parsed = urllib.parse.urlparse(uri)
     if parsed.scheme in ("", "file"):
         return Path(urllib.request.url2pathname(parsed.path))
@@ -201,18 +207,52 @@ def save_checkpoint(run_id: str, name: str, payload: Mapping[str, Any]) -> None:
         finally:
             tmp.unlink(missing_ok=True)
         return
-    with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / name
-        torch.save(dict(payload), path)
-        client().log_artifact(run_id, str(path), "checkpoints")
+    folder = spool_dir(run_id)  # a remote store: the local copy survives the server going away
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{name}.tmp-{os.getpid()}"
+    try:
+        torch.save(dict(payload), tmp)
+        os.replace(tmp, folder / name)
+    finally:
+        tmp.unlink(missing_ok=True)
+    client().log_artifact(run_id, str(folder / name), "checkpoints")
+
+
+def spool_dir(run_id: str) -> Path:
+    """Where checkpoints of a run on a remote tracking server are also kept locally."""
+    from pgen.data.builtin import cache_dir
+
+    return cache_dir() / "runs" / run_id / "checkpoints"
+
+
+def _spooled(run_id: str, name: str) -> dict | None:
+    import torch
+
+    path = spool_dir(run_id) / name
+    if _local_artifact_dir(run_id) is not None or not path.exists():
+        return None
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - a corrupt local copy is no fallback
+        return None
+    return payload if isinstance(payload, dict) and payload.get("format") == "pgen-checkpoint" else None
 
 
 def load_resumable(run_id: str, warn=None) -> dict:
     """The checkpoint to resume from: ``last.pt``, or the one before it (``previous.pt``) when
     ``last.pt`` is missing or corrupt, saying so through ``warn``; a PgenError when neither loads."""
+    local = _spooled(run_id, "last.pt")
     try:
-        return load_checkpoint(run_id, "last.pt")
+        payload = load_checkpoint(run_id, "last.pt")
+        if local is not None and (local["epoch"], local["batch"]) > (payload["epoch"], payload["batch"]):
+            raise PgenError("the server holds an older checkpoint")
+        return payload
     except PgenError as last_error:
+        if local is not None:  # the server lost or never got the newest checkpoint: this machine's copy
+            if warn is not None:
+                warn(f"warning: run {run_id}: resuming from this machine's copy of checkpoints/last.pt "
+                     f"({spool_dir(run_id)}; epoch {local['epoch']}, batch {local['batch']}): {last_error}")
+            return local
         try:
             payload = load_checkpoint(run_id, PREVIOUS)
         except PgenError:
@@ -243,6 +283,97 @@ def load_checkpoint(run_id: str, name: str = "last.pt") -> dict:
     if not isinstance(payload, dict) or payload.get("format") != "pgen-checkpoint":
         raise PgenError(f"run {run_id}: checkpoints/{name} is not a pgen checkpoint; resume from another run or start a new one")
     return payload
+
+
+# --------------------------------------------------------------------------- a tracking server that goes away
+
+
+def remote() -> bool:
+    return mlflow.get_tracking_uri().startswith(("http://", "https://"))
+
+
+class Outage:
+    """Tracking calls during training that survive the tracking server going away.
+
+    With a remote server (http/https), `call` runs a logging call and, when the server cannot
+    be reached (after MLflow's own HTTP retries), warns once, counts what was held back and lets
+    training go on: metrics stay buffered in their `MetricLog` and go with the next flush,
+    checkpoints stay in `spool_dir`. `finish` ends the run, retrying with back-off for
+    ``PGEN_TRACKING_GRACE_S`` seconds (default 300); if the server never answers it raises a
+    PgenError that says what was not logged and where the weights are. A local store raises at once.
+    """
+
+    def __init__(self, run_id: str, warn=None):
+        self.run_id, self.warn = run_id, warn or (lambda message: None)
+        self.down: str | None = None
+        self.missed: dict[str, int] = {}
+
+    def call(self, what: str, fn, *args, **kwargs) -> bool:
+        try:
+            fn(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - sorted below: only an unreachable server is survivable
+            if not remote() or not _unreachable(e):
+                raise
+            if self.down is None:
+                self.warn(f"warning: tracking server {mlflow.get_tracking_uri()} unreachable ({_first_line(e)}); "
+                          "training goes on, metrics held back, checkpoints kept in " + str(spool_dir(self.run_id)))
+            self.down = what
+            self.missed[what] = self.missed.get(what, 0) + 1
+            return False
+        if self.down is not None:
+            self.warn(f"tracking server reachable again: held-back {what} logged")
+            self.down = None
+        return True
+
+    def finish(self, status: str, log: "MetricLog | None" = None, grace: float | None = None) -> None:
+        grace = float(os.environ.get("PGEN_TRACKING_GRACE_S", 300)) if grace is None else grace
+        deadline, wait = time.monotonic() + grace, 1.0
+        while True:
+            try:
+                if log is not None:
+                    log.flush()
+                if self.missed.get("checkpoint") and (spool_dir(self.run_id) / "last.pt").exists():
+                    client().log_artifact(self.run_id, str(spool_dir(self.run_id) / "last.pt"), "checkpoints")
+                    self.missed.pop("checkpoint")
+                end(status)
+                if self.down is not None:
+                    self.warn("tracking server reachable again: the run is complete on it")
+                return
+            except Exception as e:  # noqa: BLE001
+                if not remote() or not _unreachable(e):
+                    raise
+                if time.monotonic() + wait > deadline:
+                    held = len(log.buffer) if log is not None else 0
+                    lost = [f"{held} metric values"] if held else []
+                    lost += [f"{n} {what} call(s)" for what, n in self.missed.items() if what != "metrics"]
+                    raise PgenError(
+                        f"training ended {status}, but the tracking server {mlflow.get_tracking_uri()} stayed unreachable "
+                        f"for {grace:.0f} s: not logged: {', '.join(lost) or 'the run end'}; run {self.run_id} still shows "
+                        f"RUNNING there. The weights are in {spool_dir(self.run_id) / 'last.pt'}: once the server is back, "
+                        f"`pgen train ... --resume {self.run_id}` continues from them") from None
+                if self.down is None:
+                    self.warn(f"warning: tracking server unreachable at the end of training ({_first_line(e)}); "
+                              f"retrying for up to {grace:.0f} s")
+                    self.down = "end"
+                time.sleep(wait)
+                wait = min(wait * 2, 30.0)
+
+
+def _unreachable(e: BaseException) -> bool:
+    """An error that means the server could not be reached or answered 5xx, not a bad request."""
+    import requests
+
+    if isinstance(e, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError, TimeoutError)):
+        return True
+    text = str(e)
+    return isinstance(e, MlflowException) and any(s in text for s in (
+        "Max retries exceeded", "Connection refused", "ConnectionError", "Failed to establish", "timed out",
+        "Read timed out", "502", "503", "504", "too many 500 error responses"))
+
+
+def _first_line(e: BaseException) -> str:
+    s = str(e).strip().splitlines()
+    return (s[0] if s else type(e).__name__)[:160]
 
 
 # --------------------------------------------------------------------------- run references

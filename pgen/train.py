@@ -244,17 +244,21 @@ def run(
             tracking.log_params(run_id, params)
             tracking.log_text(config.to_toml(cfg), "config.toml")
             _log_inputs(cfg, name)
+            outage = tracking.Outage(run_id, warn=_warn)
             outcome = loop.fit(cfg, state, train_batches, val_batches, run_id, position=position, on_step=on_step, progress=progress,
-                               on_epoch=on_epoch)
+                               on_epoch=on_epoch, outage=outage)
             model_uri = None
             if outcome.status == "FINISHED" and cfg.train.log_model:
                 net = steps.build_generator(cfg)
                 source = outcome.state.nets["vae" if family == "vae" else "g"]
                 net.load_state_dict(source.state_dict())
-                model_uri = tracking.log_generator({k: v.cpu() for k, v in net.state_dict().items()}, config.flatten(cfg), cfg.shape)
+                logged: list[str] = []
+                outage.call("model", lambda: logged.append(
+                    tracking.log_generator({k: v.cpu() for k, v in net.state_dict().items()}, config.flatten(cfg), cfg.shape)))
+                model_uri = logged[0] if logged else None
     except loop.Diverged as e:
         raise PgenError(f"{e} [run {run_id} FAILED]") from None
-    tracking.end(outcome.status)
+    outage.finish(outcome.status, outcome.log)  # with a lost tracking server: retries, then says what was not logged
     return Result(run_id, outcome.status, cfg, outcome.val, outcome.position.epoch, outcome.position.batch, model_uri)
 
 

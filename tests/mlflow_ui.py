@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -41,38 +42,69 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@contextmanager
-def mlflow_ui(backend_uri: str, artifacts: str | os.PathLike, *, timeout: float = 90) -> Iterator[str]:
-    """Serve ``mlflow ui`` over a store on 127.0.0.1 (job execution off); yields its base URL."""
-    port = free_port()
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", backend_uri, "--default-artifact-root",
-           Path(artifacts).resolve().as_uri(), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    log = open(Path(artifacts).parent / f"mlflow-ui-{port}.log", "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
+class Server:
+    """``mlflow ui`` / ``mlflow server`` over a store on 127.0.0.1 (job execution off), started and
+    stopped at will (a test can take it away mid-run and bring it back on the same port).
+
+    ``serve_artifacts=False``: ``mlflow ui`` over a local artifact folder clients write to directly;
+    ``True``: ``mlflow server`` as a lab runs it, clients upload and download artifacts through it
+    (``mlflow-artifacts:``), the folder being the server's own."""
+
+    def __init__(self, backend_uri: str, artifacts: str | os.PathLike, *, serve_artifacts: bool = False, port: int | None = None):
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        artifacts = Path(artifacts).resolve()
+        if serve_artifacts:
+            where = ["server", "--artifacts-destination", str(artifacts)]
+        else:
+            where = ["ui", "--default-artifact-root", artifacts.as_uri()]
+        self.cmd = [sys.executable, "-m", "mlflow", where[0], "--backend-store-uri", backend_uri, *where[1:],
+                    "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
+        self.log_path = artifacts.parent / f"mlflow-{where[0]}-{self.port}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 90) -> "Server":
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        with open(self.log_path, "a") as log:
+            self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         deadline = time.monotonic() + timeout
         while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"mlflow ui exited with {proc.returncode}; see {log.name}")
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{' '.join(self.cmd[2:4])} exited with {self.proc.returncode}; see {self.log_path}")
             try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as r:
                     if r.status == 200:
-                        break
+                        return self
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow ui did not answer on {url} within {timeout:.0f} s; see {log.name}")
-            time.sleep(0.5)
-        yield url
-    finally:
-        proc.terminate()
+                raise RuntimeError(f"MLflow did not answer on {self.url} within {timeout:.0f} s; see {self.log_path}")
+            time.sleep(0.3)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
         try:
-            proc.wait(10)
+            os.killpg(self.proc.pid, signal.SIGTERM)  # the server and its worker processes
+        except ProcessLookupError:
+            pass
+        try:
+            self.proc.wait(15)
         except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.proc = None
+
+
+@contextmanager
+def mlflow_ui(backend_uri: str, artifacts: str | os.PathLike, *, timeout: float = 90, serve_artifacts: bool = False,
+              port: int | None = None) -> Iterator[str]:
+    """A running `Server` for the block; yields its base URL."""
+    server = Server(backend_uri, artifacts, serve_artifacts=serve_artifacts, port=port).start(timeout)
+    try:
+        yield server.url
+    finally:
+        server.stop()
 
 
 @contextmanager
