@@ -3,6 +3,7 @@ every command works unchanged, and training survives the server going away mid-r
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from pathlib import Path
@@ -120,3 +121,14 @@ def test_a_server_that_never_comes_back(server, tiny_dataset, monkeypatch, capsy
     resumed = train.run("vae", resume=run_id, overrides={"train.epochs": 6}, progress=False)
     assert resumed.status == "FINISHED" and resumed.epoch == 6
     assert "this machine's copy of checkpoints/last.pt" in capsys.readouterr().err
+
+
+def test_four_tuning_workers_share_one_study_through_the_server(server, tiny_dataset, tmp_path):
+    from test_tune import TINY_TOML, _check_shared, _workers
+
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(TINY_TOML)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    storage = str(tmp_path / "study.log")  # Optuna's journal file: the multi-process storage of one machine
+    _workers(storage, tiny_dataset, cfg, 20, env, workers=4)
+    _check_shared(storage, 20, workers=4)  # 20 trials, numbered once each, every trial's run FINISHED on the server

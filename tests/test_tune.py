@@ -129,16 +129,16 @@ def test_a_trial_of_a_killed_worker_is_failed_and_retried(tiny_dataset, tiny_con
     assert study.trials[1].params == study.trials[0].params and study.trials[1].user_attrs["pgen.retry_of"] == 0
 
 
-def _workers(storage: str, data: Path, cfg: Path, trials: int, env: dict) -> None:
+def _workers(storage: str, data: Path, cfg: Path, trials: int, env: dict, workers: int = 2) -> None:
     cmd = [sys.executable, "-m", "pgen", "tune", "vae", "--trials", str(trials), "--study", "shared", "--storage", storage,
            "--data", str(data), "--epochs", "1", "--config", str(cfg), "--pruner", "none", "--sampler", "random"]
-    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
-    outs = [p.communicate(timeout=120)[0] for p in procs]
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(workers)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
     for p, out in zip(procs, outs):
         assert p.returncode == 0, out
 
 
-def _check_shared(storage, trials: int) -> None:
+def _check_shared(storage, trials: int, workers: int = 2) -> None:
     study = optuna.load_study(study_name="shared", storage=tune.open_storage(storage, heartbeat=False))
     counted = [t for t in study.trials if not t.user_attrs.get("pgen.surplus")]
     assert len(counted) == trials and all(t.state == TrialState.COMPLETE for t in counted)
@@ -146,7 +146,8 @@ def _check_shared(storage, trials: int) -> None:
     runs = client().search_runs([e.experiment_id for e in client().search_experiments()], filter_string="tags.`pgen.kind` = 'train'")
     assert sorted(int(r.data.tags["pgen.trial"]) for r in runs) == sorted(t.number for t in counted)
     parents = client().search_runs([e.experiment_id for e in client().search_experiments()], filter_string="tags.`pgen.kind` = 'tune'")
-    assert len(parents) == 2 and all(p.info.status == "FINISHED" for p in parents)
+    assert len(parents) == workers and all(p.info.status == "FINISHED" for p in parents)
+    assert all(r.info.status == "FINISHED" for r in runs)  # every trial's run complete
 
 
 def _env() -> dict:
