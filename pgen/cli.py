@@ -364,6 +364,8 @@ def _train(family: str, config_file: Optional[Path], resume: Optional[str], expe
         family, config_file=config_file, overrides=overrides, resume=resume, experiment=experiment, run_name=run_name,
         attach_run_id=os.environ.get("MLFLOW_RUN_ID"),
     )
+    if result.run_id is None:  # a torchrun process other than rank 0: rank 0 reports
+        return
     loss = result.val.get("loss")
     detail = f", val.loss {loss:.4g}" if loss is not None else ""
     if result.status == "KILLED":

@@ -16,6 +16,7 @@ before anything from that epoch is checkpointed.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import signal
@@ -27,7 +28,7 @@ from typing import Any, Callable, Iterator, Protocol
 
 import torch
 
-from pgen import __version__, config, steps, tracking
+from pgen import __version__, config, distributed, steps, tracking
 from pgen.config import Config
 
 CHECKPOINT_FORMAT = "pgen-checkpoint"
@@ -115,8 +116,9 @@ class _Signals:
 class _Display:
     """A rich bar (epochs and batches, losses, images/s) on a terminal; one line per epoch otherwise."""
 
-    def __init__(self, epochs: int, batches: int, enabled: bool | None):
-        self.tty = sys.stderr.isatty() if enabled is None else enabled
+    def __init__(self, epochs: int, batches: int, enabled: bool | None, *, silent: bool = False):
+        self.silent = silent  # another torchrun process: rank 0 shows the progress
+        self.tty = not silent and (sys.stderr.isatty() if enabled is None else enabled)
         self.epochs, self.batches = epochs, batches
         self.bar = None
         if self.tty:
@@ -146,7 +148,7 @@ class _Display:
         if self.bar:
             self.bar.update(self.epoch_task, completed=epoch + 1, info=short)
             self.bar.console.print(f"epoch {epoch + 1}/{self.epochs}: {line}", highlight=False, markup=False)
-        else:
+        elif not self.silent:
             print(f"epoch {epoch + 1}/{self.epochs}: {line}", file=sys.stderr, flush=True)
 
     def close(self) -> None:
@@ -203,9 +205,11 @@ def fit(
     rng = torch.Generator(device=device).manual_seed(derive_seed(t.seed, "step"))
     if pos.rng_state is not None:
         rng.set_state(pos.rng_state)
+    main = distributed.world().main  # under torchrun only rank 0 logs, saves and shows progress
     log = tracking.MetricLog(run_id)
     outage = outage or tracking.Outage(run_id)
-    display = _Display(t.epochs, len(train), progress)
+    display = _Display(t.epochs, len(train), progress, silent=not main)
+    state = dataclasses.replace(state, nets=distributed.wrap(state.nets, device))  # DDP for the step under torchrun
     consistent = True
     stopped = False
     val_metrics: dict[str, float] = {}
@@ -213,20 +217,23 @@ def fit(
     count = 0
 
     def save(name: str) -> None:
-        outage.call("checkpoint", tracking.save_checkpoint, run_id, name, checkpoint_payload(cfg, state, rng, pos))
+        if main:
+            outage.call("checkpoint", tracking.save_checkpoint, run_id, name, checkpoint_payload(cfg, _plain(state), rng, pos))
 
     def flush() -> None:
-        outage.call("metrics", log.flush)
+        if main:
+            outage.call("metrics", log.flush)
 
     def log_interval(epoch: int) -> dict[str, float]:
         """Log the mean step metrics since the last call (one host sync) after checking they are finite."""
         nonlocal acc, count
         if not count:
             return {}
-        values = _drain(acc, count)
+        values = distributed.mean(_drain(acc, count))  # averaged over the processes under torchrun
         acc, count = {}, 0
         _check_finite(values, f"at step {state.step} (epoch {epoch + 1})", cfg)
-        log.add({f"train.{k}": v for k, v in values.items()}, state.step)
+        if main:
+            log.add({f"train.{k}": v for k, v in values.items()}, state.step)
         return values
 
     try:
@@ -240,7 +247,8 @@ def fit(
                     if signals.requested:
                         raise Interrupted(signals.requested)
                     consistent = False
-                    state, m = family.step(state, batch, rng)
+                    with distributed.sharded():
+                        state, m = family.step(state, batch, rng)
                     pos.batch += 1
                     consistent = True
                     images += len(batch)
@@ -261,11 +269,13 @@ def fit(
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 train_time = time.perf_counter() - start
-                val_metrics = evaluate(family, state, val, torch.Generator(device=device).manual_seed(derive_seed(t.seed, "val")))
+                plain = _plain(state)
+                val_metrics = evaluate(family, plain, val, torch.Generator(device=device).manual_seed(derive_seed(t.seed, "val")))
                 _check_finite(val_metrics, f"on the validation split after epoch {epoch + 1}", cfg)
-                samples = family.sample(state, t.samples, torch.Generator(device=device).manual_seed(derive_seed(t.seed, "samples")))
-                outage.call("sample grid", tracking.log_grid, event_grid(config.from_model(samples, cfg.data).float().cpu().numpy()),
-                            epoch + 1)
+                samples = family.sample(plain, t.samples, torch.Generator(device=device).manual_seed(derive_seed(t.seed, "samples")))
+                if main:
+                    outage.call("sample grid", tracking.log_grid,
+                                event_grid(config.from_model(samples, cfg.data).float().cpu().numpy()), epoch + 1)
                 pos.epoch, pos.batch = epoch + 1, 0
                 epoch_values = {f"val.{k}": v for k, v in val_metrics.items()}
                 epoch_values["perf.images_per_s"] = images / max(train_time, 1e-9)
@@ -292,7 +302,7 @@ def fit(
             log_interval(pos.epoch)
             save("last.pt")
         flush()
-        return Outcome("KILLED", state, pos, val_metrics, log)
+        return Outcome("KILLED", _plain(state), pos, val_metrics, log)
     except BaseException:
         display.close()
         try:
@@ -301,7 +311,12 @@ def fit(
             pass
         raise
     display.close()
-    return Outcome("KILLED" if stopped else "FINISHED", state, pos, val_metrics, log)
+    return Outcome("KILLED" if stopped else "FINISHED", _plain(state), pos, val_metrics, log)
+
+
+def _plain(state: steps.State) -> steps.State:
+    """The state with its nets out of their DistributedDataParallel wrappers (checkpoints, sampling)."""
+    return dataclasses.replace(state, nets={k: distributed.unwrap(v) for k, v in state.nets.items()})
 
 
 def _drain(acc: dict[str, torch.Tensor], count: int) -> dict[str, float]:

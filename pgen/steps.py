@@ -29,6 +29,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from pgen import distributed
 from pgen.config import Config
 from pgen.models import dcgan, gan, vae
 
@@ -157,7 +158,7 @@ def batch_statistics(*nets: nn.Module) -> Iterator[None]:
 
 
 def _latent(state: State, n: int, rng: torch.Generator, device) -> torch.Tensor:
-    return torch.randn(n, state.hp.latent_dim, generator=rng, device=device)
+    return distributed.normal((n, state.hp.latent_dim), rng, device)
 
 
 def _unit(x: torch.Tensor, hp: Hyper) -> torch.Tensor:
@@ -221,8 +222,8 @@ def gan_step(state: State, batch: torch.Tensor, rng: torch.Generator) -> tuple[S
     # generator: make D call the fakes real (non-saturating loss); D's gradients are not kept
     opt_g.zero_grad(set_to_none=True)
     d.requires_grad_(False)
-    try:
-        loss_g = gan.g_loss(d(fake, rng))
+    try:  # through D itself, not its DistributedDataParallel wrapper: D's parameters get no gradient here
+        loss_g = gan.g_loss(distributed.unwrap(d)(fake, rng))
         loss_g.backward()
     finally:
         d.requires_grad_(True)

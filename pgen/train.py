@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 import torch
 
-from pgen import __version__, config, loop, steps, tracking
+from pgen import distributed, __version__, config, loop, steps, tracking
 from pgen.config import Config
 from pgen.errors import PgenError
 
@@ -60,8 +60,9 @@ class MemoryBatches:
             return
         order = torch.randperm(self.n, generator=torch.Generator().manual_seed(loop.derive_seed(self.seed, f"order:{epoch}")))
         order = order.to(self.images.device)
+        part = distributed.rank_slice(b)  # under torchrun: this process's share of each global batch
         for i in range(skip, len(self)):
-            yield self.images.index_select(0, order[i * b : (i + 1) * b])
+            yield self.images.index_select(0, order[i * b : (i + 1) * b][part])
 
 
 class StreamBatches:
@@ -87,7 +88,8 @@ class StreamBatches:
         else:
             order = torch.randperm(self.n, generator=torch.Generator().manual_seed(loop.derive_seed(self.seed, f"order:{epoch}")))
         b = self.batch_size
-        chunks = [order[i * b : (i + 1) * b].tolist() for i in range(skip, len(self))]
+        part = distributed.rank_slice(b) if self.seed is not None else slice(None)  # torchrun: this process's share
+        chunks = [order[i * b : (i + 1) * b][part].tolist() for i in range(skip, len(self))]
         loader = DataLoader(self.dataset, batch_sampler=chunks, num_workers=self.workers, collate_fn=_images,
                             pin_memory=self.device.type == "cuda")
         for images in loader:
@@ -189,7 +191,20 @@ def run(
     on_epoch: Callable[[int, dict[str, float]], bool | None] | None = None,
     tags: Mapping[str, str] | None = None,
 ) -> Result:
-    """Train one model as one MLflow run (see the module docstring). Bad input raises PgenError first."""
+    """Train one model as one MLflow run (see the module docstring). Bad input raises PgenError first.
+
+    Under ``torchrun`` every process runs this; rank 0 alone opens the MLflow run (see `pgen.distributed`)."""
+    world = distributed.setup()
+    try:
+        return _run(family, config_file=config_file, overrides=overrides, resume=resume, experiment=experiment,
+                    run_name=run_name, attach_run_id=attach_run_id if world.main else None, on_step=on_step, progress=progress,
+                    on_epoch=on_epoch, tags=tags, world=world)
+    finally:
+        distributed.teardown()
+
+
+def _run(family, *, config_file, overrides, resume, experiment, run_name, attach_run_id, on_step, progress, on_epoch, tags,
+         world) -> Result:
     from pgen.data import builtin
 
     overrides = _gan_lr(family, dict(overrides or {}))
@@ -205,7 +220,11 @@ def run(
                            source=str(config_file) if config_file else "flags")
     path = builtin.resolve(cfg.data.path)
     cfg = config.complete(cfg, data_facts(path))
+    distributed.local_batch(cfg.train.batch_size)  # the global batch must split evenly over the processes
     device = resolve_device(cfg.train.device)
+    if device.type == "cuda" and world.size > 1:
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, device=device.type))
 
     position = loop.Position()
@@ -232,6 +251,10 @@ def run(
             raise PgenError(f"run {resumed.info.run_id}: checkpoint does not fit the model ({str(e).splitlines()[0][:200]}); "
                             "start a new run") from None
 
+    if not world.main:  # another torchrun process: trains its share, never opens or touches the MLflow run
+        outcome = loop.fit(cfg, state, train_batches, val_batches, None, position=position, on_step=on_step, progress=False,
+                           on_epoch=on_epoch)
+        return Result(None, outcome.status, cfg, outcome.val, outcome.position.epoch, outcome.position.batch, None)
     if resumed is not None:
         tracking.close_if_stale(resumed, warn=_warn)
     name = dataset_name(cfg)
@@ -240,7 +263,7 @@ def run(
                             experiment=None if attach_run_id else experiment, run_name=run_name, tags=tags)
     try:
         with tracking.ending_on_error(plain=(loop.Diverged,)):
-            params = {**config.flatten(cfg), "seed": cfg.train.seed, "pgen.version": __version__}
+            params = {**config.flatten(cfg), "seed": cfg.train.seed, "pgen.version": __version__, "world_size": world.size}
             tracking.log_params(run_id, params)
             tracking.log_text(config.to_toml(cfg), "config.toml")
             _log_inputs(cfg, name)

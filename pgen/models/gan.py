@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pgen import distributed
 from pgen.errors import PgenError
 
 MAX_PIXELS = 256 * 256  # beyond this the dense layers are too large: use the conv GAN
@@ -56,7 +57,7 @@ class Discriminator(nn.Module):
         for layer in self.hidden:
             h = F.leaky_relu(layer(h), 0.2)
             if self.training and self.dropout > 0 and rng is not None:
-                keep = torch.rand(h.shape, generator=rng, device=h.device) >= self.dropout
+                keep = distributed.uniform(h.shape, rng, h.device) >= self.dropout
                 h = h * keep / (1 - self.dropout)
         return self.out(h).squeeze(1)
 

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pgen import distributed
 from pgen.models.dcgan import canvas, crop, pad
 
 
@@ -104,7 +105,7 @@ def build(arch: str, shape: tuple[int, int, int], latent_dim: int, hidden: tuple
 
 def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
     """z = mu + sigma * eps with eps ~ N(0, 1) drawn from ``rng``."""
-    eps = torch.randn(mu.shape, generator=rng, device=mu.device, dtype=mu.dtype)
+    eps = distributed.normal(mu.shape, rng, mu.device, mu.dtype)
     return mu + torch.exp(0.5 * logvar) * eps
 
 
