@@ -7,6 +7,8 @@ the plots in ``docs/``.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
+from typing import Iterator
 
 import numpy as np
 
@@ -62,10 +64,17 @@ def save_png(rgb: np.ndarray, path: str | os.PathLike) -> None:
     """Write an RGB uint8 array as PNG, atomically (temporary file, then rename)."""
     from matplotlib.image import imsave
 
+    with atomic_png(path) as tmp:
+        imsave(tmp, rgb)
+
+
+@contextmanager
+def atomic_png(path: str | os.PathLike) -> Iterator[str]:
+    """Yield a temporary PNG path beside ``path``; renamed onto ``path`` when the block succeeds, removed otherwise."""
     path = os.fspath(path)
     tmp = os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.tmp-{os.getpid()}.png")
     try:
-        imsave(tmp, rgb)
+        yield tmp
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

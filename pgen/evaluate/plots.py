@@ -42,16 +42,14 @@ def _plt():
 
 
 def _save(fig, path: str | os.PathLike) -> None:
-    path = os.fspath(path)
-    tmp = os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.tmp-{os.getpid()}.png")
-    try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt
 
+    from pgen.display import atomic_png
+
+    try:
+        with atomic_png(path) as tmp:
+            fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    finally:
         plt.close(fig)
 
 
