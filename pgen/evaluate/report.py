@@ -41,6 +41,7 @@ SUMMARY = ("eval.score", "eval.copy_rate", "eval.memorisation_ratio", "eval.dive
 KEEP_BYTES = 512 * 1024**2  # samples kept in memory for the nearest-image figure (beyond it, the first ones only)
 PAIRS = 8  # generated images shown beside their nearest training image, per row kind
 BATCH = 512
+PLOTS = ("loss_curves", "nn_distances", "statistics", "nearest_train")
 
 
 @dataclass
@@ -150,8 +151,8 @@ def evaluate(ref: str, *, n_samples: int = 5000, data: str | None = None, thresh
             log.flush()
             (folder / "report.json").write_text(json.dumps(result, indent=2, default=_plain) + "\n")
             mlflow.log_artifact(str(folder / "report.json"))
-            for png in sorted(folder.glob("*.png")):
-                mlflow.log_artifact(str(png), "plots")
+            for name in PLOTS:  # only pgen's own figures, whatever else --out holds
+                mlflow.log_artifact(str(folder / f"{name}.png"), "plots")
         summary = {k: v for k, v in metrics.items() if k in SUMMARY}
         source_log = tracking.MetricLog(source_id)
         source_log.add(summary, 0)
