@@ -203,7 +203,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="500 queries, 20,000 references (a smoke run)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch and faiss threads")
-    parser.add_argument("--repeat", type=int, default=2, help="timed runs per engine (best is shown)")
+    parser.add_argument("--repeat", type=int, default=5, help="timed runs per engine (best is shown)")
     parser.add_argument("--scipy-queries", type=int, default=20, help="queries scipy runs (extrapolated)")
     parser.add_argument("--popcount-queries", type=int, default=200, help="queries the numpy engine runs (extrapolated)")
     args = parser.parse_args()

@@ -241,7 +241,7 @@ def _nearest_matmul(torch, qb, rb, active, q_pop, r_pop, exclude_self, dev, engi
                 if diag:
                     i = np.arange(max(q0, r0), min(q1, r1))
                     scores[i - q0, i - r0] = lowest
-                j = scores.argmax(axis=1)  # first (lowest) index among equal maxima
+                j = _argmax_rows(scores)  # first (lowest) index among equal maxima
                 values = scores[np.arange(m), j].astype(np.int64)
                 better = values > best  # strict: an earlier block keeps its tie
                 best[better], best_idx[better] = values[better], j[better] + r0
@@ -263,6 +263,26 @@ def _nearest_matmul(torch, qb, rb, active, q_pop, r_pop, exclude_self, dev, engi
         if progress is not None:
             progress(m)
     return dist, index
+
+
+_POOL = None
+
+
+def _argmax_rows(scores: np.ndarray) -> np.ndarray:
+    """``scores.argmax(axis=1)``, its rows split over torch's CPU threads (numpy's argmax releases the GIL)."""
+    global _POOL
+    import torch
+
+    threads = torch.get_num_threads()
+    if threads < 2 or scores.size < 1 << 20:
+        return scores.argmax(axis=1)
+    if _POOL is None or _POOL._max_workers != threads:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL = ThreadPoolExecutor(threads)
+    bounds = np.linspace(0, len(scores), threads + 1).astype(int)
+    parts = _POOL.map(lambda ab: scores[ab[0] : ab[1]].argmax(axis=1), zip(bounds[:-1], bounds[1:]))
+    return np.concatenate(list(parts))
 
 
 def _plan(nq: int, nr: int, k: int, bytes_per_bit: int, memory: int) -> tuple[int, int]:
