@@ -337,6 +337,7 @@ ResumeOpt = Annotated[
     Optional[str], typer.Option(help="Continue a run from its last checkpoint: RUN_ID, EXPERIMENT:latest or EXPERIMENT:best.")
 ]
 LogEveryOpt = Annotated[Optional[int], typer.Option(help="Log training losses every N steps [default: 50].")]
+WhichCheckpointOpt = Annotated[str, typer.Option(help="best (lowest val.loss; last where none) or last (the final weights).")]
 CheckpointOpt = Annotated[
     Optional[int], typer.Option(help="Also write checkpoints/last.pt every N steps inside an epoch [default: 0, epoch ends only].")
 ]
@@ -499,7 +500,7 @@ def deploy_cmd(
     seed: Annotated[int, typer.Option(help="Random seed; the same seed (and batch size) gives the same samples.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Samples drawn at a time (bounds the memory).")] = 256,
     device: Annotated[str, typer.Option(help="auto (CUDA where present), cpu or cuda.")] = "auto",
-    checkpoint: Annotated[str, typer.Option(help="best (lowest val.loss; last where none) or last (the final weights).")] = "best",
+    checkpoint: WhichCheckpointOpt = "best",
     experiment: ExperimentOpt = None,
 ) -> None:
     """Sample N images from a trained run (gan, dcgan, vae, latent-*) into a pgen dataset; recorded as a deploy run."""

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from pgen.cli import ExperimentOpt, app, handled
+from pgen.cli import ExperimentOpt, WhichCheckpointOpt, app, handled
 
 
 @app.command("evaluate")
@@ -23,7 +23,7 @@ def evaluate_cmd(
     samples: Annotated[Optional[Path], typer.Option("--samples", help="Evaluate the samples of this deploy file instead of drawing.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Also write the plots and report.json to this folder.")] = None,
     device: Annotated[str, typer.Option(help="auto (CUDA where present), cpu or cuda: sampling and Hamming search.")] = "auto",
-    checkpoint: Annotated[str, typer.Option(help="best (lowest val.loss; last where none) or last (the final weights).")] = "best",
+    checkpoint: WhichCheckpointOpt = "best",
     seed: Annotated[int, typer.Option(help="Random seed of the samples.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Samples drawn at a time (bounds the memory).")] = 256,
     experiment: Annotated[Optional[str], typer.Option(help="MLflow experiment of the evaluate run [default: the evaluated run's].")] = None,

@@ -195,27 +195,19 @@ def save_checkpoint(run_id: str, name: str, payload: Mapping[str, Any]) -> None:
     import torch
 
     local = _local_artifact_dir(run_id)
-    if local is not None:
-        folder = local / "checkpoints"
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{name}.tmp-{os.getpid()}"
-        try:
-            torch.save(dict(payload), tmp)
-            if name == "last.pt" and (folder / name).exists():  # the previous good one stays as a fallback
-                os.replace(folder / name, folder / PREVIOUS)
-            os.replace(tmp, folder / name)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return
-    folder = spool_dir(run_id)  # a remote store: the local copy survives the server going away
+    # a local store: in place; a remote one: a local copy first (it survives the server going away), then the upload
+    folder = local / "checkpoints" if local is not None else spool_dir(run_id)
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{name}.tmp-{os.getpid()}"
     try:
         torch.save(dict(payload), tmp)
+        if local is not None and name == "last.pt" and (folder / name).exists():  # the previous good one stays as a fallback
+            os.replace(folder / name, folder / PREVIOUS)
         os.replace(tmp, folder / name)
     finally:
         tmp.unlink(missing_ok=True)
-    client().log_artifact(run_id, str(folder / name), "checkpoints")
+    if local is None:
+        client().log_artifact(run_id, str(folder / name), "checkpoints")
 
 
 def spool_dir(run_id: str) -> Path:
