@@ -93,6 +93,7 @@ def test_learns_the_classes(trained, labelled):
     pred = clf.predict(images)
     assert pred.dtype == np.int64 and pred.shape == (200,)
     assert (pred == labels).mean() >= 0.95
+    assert np.array_equal(clf.labels_of(clf.features(images)), pred)  # the head on computed features: the same labels
     assert not clf.net.training and next(clf.net.parameters()).device.type == "cpu"
 
 

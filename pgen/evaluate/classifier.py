@@ -98,6 +98,13 @@ class Classifier:
         """Class ids ``[N]`` int64 of images ``[N, H, W]`` or ``[N, C, H, W]``."""
         return self._map(images, batch_size, lambda x: self.net(x).argmax(dim=1), ()).astype(np.int64)
 
+    def labels_of(self, features: np.ndarray) -> np.ndarray:
+        """Class ids ``[N]`` int64 of already computed `features` (the head alone: no second pass over the images)."""
+        device = next(self.net.parameters()).device
+        with torch.inference_mode():
+            f = torch.as_tensor(np.asarray(features), dtype=torch.float32, device=device)
+            return self.net.head(f).argmax(dim=1).cpu().numpy().astype(np.int64)
+
     def _map(self, images, batch_size: int, fn, width: tuple[int, ...]) -> np.ndarray:
         images = _as_nchw(images)
         in_channels = self.net.body[0].in_channels

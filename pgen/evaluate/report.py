@@ -215,7 +215,7 @@ def _measure(draws: Iterator[np.ndarray], n_samples: int, data_file: Path, held_
             s_stats.append(stats.image_statistics(images, threshold))
             if clf is not None:
                 s_feat.append(clf.features(images))
-                s_pred.append(clf.predict(images))
+                s_pred.append(clf.labels_of(s_feat[-1]))
             if kept_bytes < KEEP_BYTES:
                 kept.append(images)
                 kept_bytes += images.nbytes
