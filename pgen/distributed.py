@@ -58,12 +58,17 @@ def setup() -> World:
     return _world
 
 
-def teardown() -> None:
+def teardown(clean: bool = True) -> None:
+    """Leave the process group. After a clean finish every rank first waits for the others at a barrier: a rank
+    that destroys its group and exits while rank 0 is still logging can abort in gloo's teardown (SIGABRT,
+    "terminate called without an active exception"). After an error the group is left to the process's exit,
+    since a destroy while a peer is still inside a collective can hang."""
     global _world
     if _world.size > 1:
         import torch.distributed as dist
 
-        if dist.is_initialized():
+        if clean and dist.is_initialized():
+            dist.barrier()
             dist.destroy_process_group()
     _world = SINGLE
 

@@ -196,11 +196,14 @@ def run(
     Under ``torchrun`` every process runs this; rank 0 alone opens the MLflow run (see `pgen.distributed`)."""
     world = distributed.setup()
     try:
-        return _run(family, config_file=config_file, overrides=overrides, resume=resume, experiment=experiment,
-                    run_name=run_name, attach_run_id=attach_run_id if world.main else None, on_step=on_step, progress=progress,
-                    on_epoch=on_epoch, tags=tags, world=world)
-    finally:
-        distributed.teardown()
+        result = _run(family, config_file=config_file, overrides=overrides, resume=resume, experiment=experiment,
+                      run_name=run_name, attach_run_id=attach_run_id if world.main else None, on_step=on_step,
+                      progress=progress, on_epoch=on_epoch, tags=tags, world=world)
+    except BaseException:
+        distributed.teardown(clean=False)
+        raise
+    distributed.teardown()
+    return result
 
 
 def _run(family, *, config_file, overrides, resume, experiment, run_name, attach_run_id, on_step, progress, on_epoch, tags,
