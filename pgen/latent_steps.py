@@ -90,7 +90,7 @@ def init(hp: LatentHyper, codes: torch.Tensor, vae_net: nn.Module, device, rng: 
         pick = torch.randperm(len(codes), generator=rng)[: hp.k]
         gmm.means.data.copy_(codes[pick] if len(pick) == hp.k else codes[torch.randint(0, len(codes), (hp.k,), generator=rng)])
         centred = codes - codes.mean(0)
-        cov = centred.T @ centred / max(len(codes) - 1, 1) + 1e-4 * torch.eye(hp.dim)
+        cov = lm.positive_definite(centred.T @ centred / max(len(codes) - 1, 1))
         gmm.cov.data.copy_(cov.expand(hp.k, hp.dim, hp.dim) if hp.covariance == "full" else torch.diagonal(cov).expand(hp.k, hp.dim))
     vae_net.requires_grad_(False)
     vae_net.eval()

@@ -179,6 +179,20 @@ def test_em_recovers_a_two_component_mixture():
         assert torch.allclose(gmm.log_weights.exp(), torch.tensor([0.75, 0.25]), atol=0.02)
 
 
+def test_em_on_codes_spanning_fewer_dimensions_than_the_latent_space():
+    """Inactive VAE dimensions: 16-d codes on a 2-d plane at scale 50. A fixed 1e-4 jitter left float32 covariances
+    that Cholesky refused (a LinAlgError traceback); the jitter relative to the codes' variance keeps EM going."""
+    rng = torch.Generator().manual_seed(0)
+    x = torch.randn(500, 2, generator=rng) @ torch.randn(2, 16, generator=rng) * 50
+    gmm = lm.Mixture(16, 10)
+    gmm.means.data.copy_(x[:10])
+    gmm.cov.data.copy_(lm.positive_definite(torch.cov(x.T)).expand(10, 16, 16))
+    lls = [float(gmm.em_step(x)) for _ in range(30)]
+    assert all(math.isfinite(v) for v in lls) and lls[-1] > lls[0]
+    assert bool((torch.linalg.cholesky_ex(gmm.cov.data).info == 0).all())
+    assert gmm.sample(100, rng).isfinite().all()
+
+
 # --------------------------------------------------------------------------- bad input
 
 

@@ -159,8 +159,7 @@ class Mixture(nn.Module):
         means = resp.T @ x / nk[:, None]
         diff = x[:, None, :] - means[None]
         if self.covariance == "full":
-            cov = torch.einsum("nk,nkd,nke->kde", resp, diff, diff) / nk[:, None, None]
-            cov = cov + reg * torch.eye(self.dim, device=x.device, dtype=x.dtype)
+            cov = positive_definite(torch.einsum("nk,nkd,nke->kde", resp, diff, diff) / nk[:, None, None], reg)
         else:
             cov = (resp[..., None] * diff.pow(2)).sum(0) / nk[:, None] + reg
         self.log_weights.copy_(torch.log(nk / nk.sum()))
@@ -177,6 +176,25 @@ class Mixture(nn.Module):
             chol = torch.linalg.cholesky(self.cov)[k]
             return self.means[k] + (chol @ eps[..., None])[..., 0]
         return self.means[k] + eps * self.cov[k].sqrt()
+
+
+def positive_definite(cov: torch.Tensor, reg: float = 1e-4, tries: int = 8) -> torch.Tensor:
+    """``cov`` ([..., D, D]) symmetrised plus ``reg`` times its mean variance on the diagonal, the jitter growing
+    tenfold where a Cholesky factorisation still fails. Codes that span fewer dimensions than the latent space
+    (inactive VAE dimensions) give singular covariances whose float32 rounding, at the codes' scale, exceeds
+    any fixed absolute jitter."""
+    cov = (cov + cov.mT) / 2
+    eye = torch.eye(cov.shape[-1], device=cov.device, dtype=cov.dtype)
+    scale = torch.diagonal(cov, dim1=-2, dim2=-1).mean(-1).clamp_min(1.0)[..., None, None]
+    jitter = torch.full_like(scale, reg)
+    for _ in range(tries):
+        fixed = cov + jitter * scale * eye
+        failed = torch.linalg.cholesky_ex(fixed).info > 0
+        if not failed.any():
+            return fixed
+        jitter = torch.where(failed[..., None, None], jitter * 10, jitter)
+    raise ValueError("gmm: a covariance stays singular even with jitter (are the VAE's codes finite?); "
+                     "try --covariance diag or a smaller --k")
 
 
 def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, rng: torch.Generator, projections: int = 128) -> torch.Tensor:
