@@ -50,6 +50,7 @@ class DataConfig:
     in_memory: str = "auto"  # yes | no | auto (yes below 2 GiB)
     workers: int = 0  # DataLoader worker processes when streaming from disk
     lit_threshold: float = 0.02  # a pixel is lit above this fraction of the scaled range (dark samples, occupancy)
+    threshold: float | None = None  # GANs' validation score: lit above this stored value [default: as pgen evaluate]
     # filled in by `complete` from the file
     file: str = ""
     pixel_range: str = ""  # unit ([0, 1]) or symmetric ([-1, 1]), set by the model family
@@ -268,6 +269,7 @@ class DataFacts:
     splits: tuple[str, ...]
     n_train: int
     train_bytes: int  # train split as float32
+    threshold: float | None = None  # the dataset's binarisation threshold (`pgen.data.store.default_threshold`)
 
 
 def complete(cfg: Config, facts: DataFacts) -> Config:
@@ -281,6 +283,9 @@ def complete(cfg: Config, facts: DataFacts) -> Config:
         hi = facts.value_range[1] if hi is None else hi
     if not hi > lo:
         raise PgenError(f"{facts.file}: value range ({lo}, {hi}) is empty; set data.value_min < data.value_max")
+    if d.threshold is not None and not lo <= d.threshold < hi:
+        raise PgenError(f"data.threshold {d.threshold:g} is outside the data's range [{lo:g}, {hi:g}): every pixel would be "
+                        f"{'lit' if d.threshold < lo else 'dark'}")
     scale = d.scale if d.scale != "auto" else ("log" if hi - lo > LOG_SCALE_ABOVE else "linear")
     val = d.val_split
     if val == "auto":
@@ -298,6 +303,7 @@ def complete(cfg: Config, facts: DataFacts) -> Config:
     data = dataclasses.replace(
         d, file=str(facts.file), value_min=float(lo), value_max=float(hi), scale=scale, val_split=val, in_memory=in_memory,
         pixel_range="unit" if cfg.family == "vae" else "symmetric", channels=c, height=h, width=w,
+        threshold=d.threshold if d.threshold is not None else facts.threshold,
     )
     return dataclasses.replace(cfg, data=data)
 

@@ -170,12 +170,17 @@ def _check_finite(values: dict[str, float], where: str, cfg: Config) -> None:
 
 
 def evaluate(family: steps.Family, state: steps.State, batches: Batches, rng: torch.Generator) -> dict[str, float]:
-    """Validation metrics over a whole split (sums per batch, added on the device, one sync at the end)."""
+    """Validation metrics over a whole split (sums per batch, added on the device, one sync at the end; per-image
+    values, keys ``each.*``, concatenated)."""
     totals: dict[str, torch.Tensor] = {}
+    each: dict[str, list[torch.Tensor]] = {}
     for batch in batches.epoch(0):
         for k, v in family.evaluate_batch(state, batch, rng).items():
-            totals[k] = totals[k] + v if k in totals else v
-    return family.summarize({k: v.cpu() for k, v in totals.items()})
+            if k.startswith("each."):
+                each.setdefault(k, []).append(v)
+            else:
+                totals[k] = totals[k] + v if k in totals else v
+    return family.summarize({**{k: v.cpu() for k, v in totals.items()}, **{k: torch.cat(v).cpu() for k, v in each.items()}})
 
 
 def fit(

@@ -7,15 +7,22 @@ state it was given, its step count advanced. Metrics are 0-d tensors, left on th
 the loop decides when to synchronise.
 
 ``evaluate_batch(state, batch, rng)`` returns sums over the batch (tensors) that the loop adds
-up over the validation split; ``summarize(sums)`` turns the totals into metrics (floats),
-``"loss"`` among them: the number the best checkpoint and ``EXPERIMENT:best`` minimise
-(VAE: negative ELBO per image; GANs: the sample distance below).
+up over the validation split, and per-image values (keys ``each.*``) that it concatenates;
+``summarize(sums)`` turns the totals into metrics (floats), ``"loss"`` among them: the number the
+best checkpoint, ``EXPERIMENT:best`` and `pgen tune` minimise (VAE: negative ELBO per image;
+GANs: the score below).
 
-GAN validation compares generated samples with validation images through statistics in the
-scaled [0, 1] range, a pixel being *lit* above ``data.lit_threshold``:
+GAN validation draws one sample per validation image and compares the two sets.
+``score`` (the GANs' ``loss``) is `pgen evaluate`'s summary score: the mean over the
+physics-style statistics of `pgen.evaluate.stats` (occupancy, charge, pixel spectrum, clusters,
+largest cluster's length and width, dark fraction) of their 1-D Wasserstein distance divided by
+the data's spread, in stored units with ``data.threshold`` (default: the dataset's noise floor).
+A collapsed generator's narrow distributions score badly even when their means match the data's.
+Also logged, in the scaled [0, 1] range with a pixel *lit* above ``data.lit_threshold``:
 ``sample_distance = |ln(occ_s/occ_d)| + |ln(int_s/int_d)| + |m_s - m_d|_1 / |m_d|_1 + dark``,
 with occ the mean fraction of lit pixels, int the mean value of lit pixels, m the mean image
-and dark the fraction of samples with no lit pixel (the all-dark collapse of sparse-image GANs).
+and dark the fraction of samples with no lit pixel (the all-dark collapse of sparse-image GANs);
+it is the loss of multi-channel images, which the statistics do not cover.
 """
 
 from __future__ import annotations
@@ -30,7 +37,8 @@ import torch
 from torch import nn
 
 from pgen import distributed
-from pgen.config import Config
+from pgen import config
+from pgen.config import Config, DataConfig
 from pgen.models import dcgan, gan, vae
 
 Metrics = dict[str, torch.Tensor]
@@ -51,6 +59,7 @@ class Hyper:
     nonzero_weight: float = 1.0
     label_smoothing: float = 0.0
     r1_gamma: float = 0.0
+    data: DataConfig | None = None  # GANs: scaling and threshold for the validation score in stored units
 
 
 @dataclass(frozen=True)
@@ -109,7 +118,7 @@ def init(cfg: Config, steps_per_epoch: int, device: torch.device | str, rng: tor
     hp = Hyper(
         family=m.family, latent_dim=m.latent_dim, symmetric=cfg.data.pixel_range == "symmetric", lit=cfg.data.lit_threshold,
         beta=m.beta, warmup_steps=round(m.kl_warmup * steps_per_epoch), recon=m.recon, sigma=m.sigma,
-        nonzero_weight=m.nonzero_weight, label_smoothing=m.label_smoothing, r1_gamma=m.r1_gamma,
+        nonzero_weight=m.nonzero_weight, label_smoothing=m.label_smoothing, r1_gamma=m.r1_gamma, data=cfg.data,
     )
     betas = (t.beta1, t.beta2)
     if cfg.family == "vae":
@@ -260,7 +269,24 @@ def gan_evaluate_batch(state: State, batch: torch.Tensor, rng: torch.Generator) 
             "d_fake": torch.sigmoid(fake_logits).sum(),
         }
         sums.update(_sample_sums(fake, batch, state.hp))
+        sums.update(_image_statistics(fake, batch, state.hp))
     return sums
+
+
+def _image_statistics(fake: torch.Tensor, real: torch.Tensor, hp: Hyper) -> Metrics:
+    """Per-image statistics (`pgen.evaluate.stats`) of samples and data in stored units, ``each.<side>.<stat>``;
+    none for multi-channel images or without a threshold."""
+    d = hp.data
+    if d is None or d.threshold is None or fake.shape[1] != 1:
+        return {}
+    from pgen.evaluate import stats
+
+    out = {}
+    for side, x in (("samples", fake), ("data", real)):
+        values = config.from_model(x.detach().float(), d).cpu().numpy()
+        for k, v in stats.image_statistics(values, d.threshold).items():
+            out[f"each.{side}.{k}"] = torch.from_numpy(v)
+    return out
 
 
 def gan_summarize(s: Metrics) -> dict[str, float]:
@@ -268,6 +294,12 @@ def gan_summarize(s: Metrics) -> dict[str, float]:
     out = {k: float(s[k]) / n for k in ("loss_d", "loss_g", "d_real", "d_fake")}
     out.update(_sample_summary(s))
     out["loss"] = out["sample_distance"]
+    sides = {side: {k[len(f"each.{side}."):]: v.numpy() for k, v in s.items() if k.startswith(f"each.{side}.")}
+             for side in ("samples", "data")}
+    if sides["samples"]:
+        from pgen.evaluate import stats
+
+        out["score"] = out["loss"] = stats.summary_score(stats.compare(sides["data"], sides["samples"]))
     return out
 
 

@@ -135,7 +135,7 @@ def data_facts(path: Path) -> config.DataFacts:
     vr = attrs.get("value_range")
     value_range = (float(vr[0]), float(vr[1])) if vr is not None and len(vr) == 2 else None
     return config.DataFacts(file=str(path), shape=shape, value_range=value_range, splits=splits, n_train=n,
-                            train_bytes=n * math.prod(shape) * 4)
+                            train_bytes=n * math.prod(shape) * 4, threshold=store.default_threshold(attrs)[0])
 
 
 def resolve_device(name: str) -> torch.device:

@@ -1,7 +1,7 @@
 """Optuna studies over any model: each trial is one ordinary training run (`pgen.train.run`).
 
 The objective is the validation loss the loop reports (``val.loss``: the VAE's negative ELBO, the
-GANs' sample distance), minimised. Each trial reports it every epoch, so the pruner can stop a
+GANs' ``val.score``, `pgen evaluate`'s summary score), minimised. Each trial reports it every epoch, so the pruner can stop a
 poor trial early: the trial ends PRUNED in Optuna and its MLflow run KILLED with the tag
 ``pgen.trial_state=PRUNED``.
 
@@ -31,6 +31,7 @@ from pgen.search_space import PARAMS, Space, overrides_of, read_space
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 OBJECTIVE = "val.loss"
+LOSS_METRIC = {"gan": "val.score", "dcgan": "val.score", "vae": "val.nelbo"}  # what val.loss is for each model
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("median", "hyperband", "none")
 
@@ -109,6 +110,11 @@ def load_or_create(storage, name: str, family: str, *, sampler=None, pruner=None
         objective = summary.user_attrs.get("objective")
         if objective is not None and objective != OBJECTIVE:
             raise PgenError(f"study '{name}' minimises '{objective}', not {OBJECTIVE}; pick another --study name")
+        metric, wanted = summary.user_attrs.get("loss_metric"), LOSS_METRIC.get(family)
+        if model is not None and metric != wanted and not (metric is None and family == "vae"):
+            was = metric or "the GANs' former sample distance"
+            raise PgenError(f"study '{name}' ranked its trials by {was}, not "
+                            f"{wanted}: the values do not compare; pick another --study name")
     elif not create:
         names = ", ".join(sorted(existing)) or "none"
         raise PgenError(f"no study named '{name}' in this storage (it has: {names})")
@@ -117,6 +123,8 @@ def load_or_create(storage, name: str, family: str, *, sampler=None, pruner=None
     if "model" not in study.user_attrs:
         study.set_user_attr("model", family)
         study.set_user_attr("objective", OBJECTIVE)
+        if family in LOSS_METRIC:
+            study.set_user_attr("loss_metric", LOSS_METRIC[family])
     return study
 
 

@@ -23,8 +23,14 @@ def make_cfg(family: str, shape=(1, 16, 16), **over) -> config.Config:
     values = {"train.batch_size": 16, "model.base_channels": 8, **over}
     cfg = config.build(family, {}, values)
     facts = config.DataFacts(file="x.h5", shape=shape, value_range=(0.0, 255.0), splits=("train", "val"), n_train=96,
-                             train_bytes=96 * math.prod(shape) * 4)
+                             train_bytes=96 * math.prod(shape) * 4, threshold=5.0)
     return config.complete(cfg, facts)
+
+
+def raw_for(cfg: config.Config, n: int = 16, seed: int = 0) -> torch.Tensor:
+    """Sparse stored values: integers in [0, 255], ~10% of pixels non-zero."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(n, *cfg.shape, generator=g) * 255 * (torch.rand(n, *cfg.shape, generator=g) < 0.1)).round()
 
 
 def batch_for(cfg: config.Config, n: int = 16, seed: int = 0) -> torch.Tensor:
@@ -216,6 +222,41 @@ def test_step_is_a_pure_function_of_state_batch_and_generator(family, over, monk
     assert all(torch.equal(a[k], b[k]) for k in a)
     s3, m3 = fam.step(copy.deepcopy(twin), batch, torch.Generator().manual_seed(8))  # other noise, other result
     assert any(not torch.equal(m2[k], m3[k]) for k in m2 if k != "beta")
+
+
+class Fixed(torch.nn.Module):
+    """A "generator" that returns the given images (in the model's range) whatever the noise."""
+
+    def __init__(self, images: torch.Tensor):
+        super().__init__()
+        self.images = images
+        self.unused = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.images[: len(z)]
+
+
+def test_the_gans_validation_loss_is_evaluates_summary_score():
+    from pgen.evaluate import stats
+
+    cfg = make_cfg("gan", **{"model.n_layers": 1, "model.hidden_width": 8})
+    assert cfg.data.threshold == 5.0  # the dataset's, filled in by `complete`
+    state = steps.init(cfg, 4, "cpu", torch.Generator().manual_seed(0))
+    data, held_out = raw_for(cfg, 64, seed=1), raw_for(cfg, 64, seed=2)
+    collapsed = data[:1].expand(64, -1, -1, -1)  # one event, 64 times
+
+    def score(samples: torch.Tensor) -> dict[str, float]:
+        fixed = dataclasses.replace(state, nets={**state.nets, "g": Fixed(config.to_model(samples, cfg.data))})
+        return steps.GAN.summarize(steps.GAN.evaluate_batch(fixed, config.to_model(data, cfg.data), torch.Generator()))
+
+    same, other, mode = score(data), score(held_out), score(collapsed)
+    assert same["score"] == same["loss"] == 0.0
+    expected = stats.summary_score(stats.compare(stats.image_statistics(data.numpy(), 5.0),
+                                                 stats.image_statistics(held_out.numpy(), 5.0)))
+    assert other["loss"] == other["score"] == pytest.approx(expected, rel=1e-6)  # the stored values, recovered from the model's range
+    assert mode["score"] > 3 * other["score"]  # a collapsed generator scores far worse than fresh data
+    with pytest.raises(PgenError, match="outside the data's range"):
+        make_cfg("gan", **{"data.threshold": 300.0})
 
 
 @pytest.mark.parametrize("family, over", FAMILY_CASES)

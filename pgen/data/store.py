@@ -227,6 +227,18 @@ def _split_group(f: h5py.File, path, split: str) -> h5py.Group:
     return f[split]
 
 
+def default_threshold(attrs: dict) -> tuple[float, str]:
+    """The binarisation threshold (stored units) for a dataset, from its root attributes, and where it came from:
+    the noise floor, half the zero-suppression threshold the file records (synthetic ``threshold_adc``, imported
+    ``import_threshold``), else 2% of its value range. `pgen evaluate` and the GANs' validation score use it."""
+    for key in ("threshold_adc", "import_threshold", "threshold"):
+        value = attrs.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+            return float(value) / 2, f"half the dataset's zero-suppression threshold {key}={value:g}"
+    lo, hi = (attrs.get("value_range") or [0.0, 1.0])[:2]
+    return float(lo) + 0.02 * (float(hi) - float(lo)), "2% of the dataset's value range (no noise floor recorded)"
+
+
 def attrs_of(f: h5py.File) -> dict[str, Any]:
     """Root attributes as plain Python values (JSON-encoded ones decoded)."""
     out: dict[str, Any] = {}

@@ -35,6 +35,7 @@ import numpy as np
 
 from pgen import config, tracking
 from pgen.errors import PgenError
+from pgen.data.store import default_threshold
 from pgen.evaluate import hamming, stats
 
 SUMMARY = ("eval.score", "eval.copy_rate", "eval.memorisation_ratio", "eval.diversity_ratio", "eval.dark_fraction", "eval.fid")
@@ -52,16 +53,6 @@ class Evaluation:
     metrics: dict[str, float]
     report: dict
     out: Path | None
-
-
-def default_threshold(attrs: dict) -> tuple[float, str]:
-    """The binarisation threshold for a dataset (its root attributes) and where it came from."""
-    for key in ("threshold_adc", "import_threshold", "threshold"):
-        value = attrs.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-            return float(value) / 2, f"half the dataset's zero-suppression threshold {key}={value:g}"
-    lo, hi = (attrs.get("value_range") or [0.0, 1.0])[:2]
-    return float(lo) + 0.02 * (float(hi) - float(lo)), "2% of the dataset's value range (no noise floor recorded)"
 
 
 def evaluate(ref: str, *, n_samples: int = 5000, data: str | None = None, threshold: float | None = None,
