@@ -10,14 +10,18 @@ the loop decides when to synchronise.
 up over the validation split, and per-image values (keys ``each.*``) that it concatenates;
 ``summarize(sums)`` turns the totals into metrics (floats), ``"loss"`` among them: the number the
 best checkpoint, ``EXPERIMENT:best`` and `pgen tune` minimise (VAE: negative ELBO per image;
-GANs: the score below).
+GANs: ``score + collapse``, below).
 
 GAN validation draws one sample per validation image and compares the two sets.
-``score`` (the GANs' ``loss``) is `pgen evaluate`'s summary score: the mean over the
+``score`` is `pgen evaluate`'s summary score: the mean over the
 physics-style statistics of `pgen.evaluate.stats` (occupancy, charge, pixel spectrum, clusters,
 largest cluster's length and width, dark fraction) of their 1-D Wasserstein distance divided by
 the data's spread, in stored units with ``data.threshold`` (default: the dataset's noise floor).
-A collapsed generator's narrow distributions score badly even when their means match the data's.
+Those distributions alone can favour a collapsed generator (one plausible event repeated sits
+closer to them than a diverse but poor one), so the GANs' ``loss`` adds ``collapse`` =
+max(0, 1 - ``diversity_ratio``), the median Hamming distance of each sample to its nearest other
+sample over the same for the validation images (`pgen evaluate`'s diversity ratio): 0 for
+samples as varied as data, 1 for one image repeated.
 Also logged, in the scaled [0, 1] range with a pixel *lit* above ``data.lit_threshold``:
 ``sample_distance = |ln(occ_s/occ_d)| + |ln(int_s/int_d)| + |m_s - m_d|_1 / |m_d|_1 + dark``,
 with occ the mean fraction of lit pixels, int the mean value of lit pixels, m the mean image
@@ -33,6 +37,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -279,13 +284,14 @@ def _image_statistics(fake: torch.Tensor, real: torch.Tensor, hp: Hyper) -> Metr
     d = hp.data
     if d is None or d.threshold is None or fake.shape[1] != 1:
         return {}
-    from pgen.evaluate import stats
+    from pgen.evaluate import hamming, stats
 
     out = {}
     for side, x in (("samples", fake), ("data", real)):
         values = config.from_model(x.detach().float(), d).cpu().numpy()
         for k, v in stats.image_statistics(values, d.threshold).items():
             out[f"each.{side}.{k}"] = torch.from_numpy(v)
+        out[f"each.{side}.bits"] = torch.from_numpy(hamming.pack(values, d.threshold).view(np.uint8))  # for diversity
     return out
 
 
@@ -297,9 +303,15 @@ def gan_summarize(s: Metrics) -> dict[str, float]:
     sides = {side: {k[len(f"each.{side}."):]: v.numpy() for k, v in s.items() if k.startswith(f"each.{side}.")}
              for side in ("samples", "data")}
     if sides["samples"]:
-        from pgen.evaluate import stats
+        from pgen.evaluate import hamming, stats
 
-        out["score"] = out["loss"] = stats.summary_score(stats.compare(sides["data"], sides["samples"]))
+        bits = {side: sides[side].pop("bits") for side in sides}
+        out["score"] = stats.summary_score(stats.compare(sides["data"], sides["samples"]))
+        if len(bits["samples"]) >= 2:
+            med = {side: float(np.median(hamming.nearest(b, b, exclude_self=True)[0])) for side, b in bits.items()}
+            out["diversity_ratio"] = med["samples"] / med["data"] if med["data"] > 0 else float(med["samples"] == 0)
+        out["collapse"] = max(0.0, 1.0 - out.get("diversity_ratio", 1.0))
+        out["loss"] = out["score"] + out["collapse"]
     return out
 
 

@@ -1,7 +1,7 @@
 """Optuna studies over any model: each trial is one ordinary training run (`pgen.train.run`).
 
 The objective is the validation loss the loop reports (``val.loss``: the VAE's negative ELBO, the
-GANs' ``val.score``, `pgen evaluate`'s summary score), minimised. Each trial reports it every epoch, so the pruner can stop a
+GANs' ``val.score + val.collapse``: `pgen evaluate`'s summary score plus a mode-collapse penalty), minimised. Each trial reports it every epoch, so the pruner can stop a
 poor trial early: the trial ends PRUNED in Optuna and its MLflow run KILLED with the tag
 ``pgen.trial_state=PRUNED``.
 
@@ -31,7 +31,7 @@ from pgen.search_space import PARAMS, Space, overrides_of, read_space
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 OBJECTIVE = "val.loss"
-LOSS_METRIC = {"gan": "val.score", "dcgan": "val.score", "vae": "val.nelbo"}  # what val.loss is for each model
+LOSS_METRIC = {"gan": "val.score + val.collapse", "dcgan": "val.score + val.collapse", "vae": "val.nelbo"}  # what val.loss is for each model
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("median", "hyperband", "none")
 

@@ -250,11 +250,13 @@ def test_the_gans_validation_loss_is_evaluates_summary_score():
         return steps.GAN.summarize(steps.GAN.evaluate_batch(fixed, config.to_model(data, cfg.data), torch.Generator()))
 
     same, other, mode = score(data), score(held_out), score(collapsed)
-    assert same["score"] == same["loss"] == 0.0
+    assert same["score"] == same["collapse"] == same["loss"] == 0.0 and same["diversity_ratio"] == 1.0
     expected = stats.summary_score(stats.compare(stats.image_statistics(data.numpy(), 5.0),
                                                  stats.image_statistics(held_out.numpy(), 5.0)))
-    assert other["loss"] == other["score"] == pytest.approx(expected, rel=1e-6)  # the stored values, recovered from the model's range
-    assert mode["score"] > 3 * other["score"]  # a collapsed generator scores far worse than fresh data
+    assert other["score"] == pytest.approx(expected, rel=1e-6)  # the stored values, recovered from the model's range
+    assert other["loss"] == other["score"] + other["collapse"] and other["collapse"] < 0.1  # fresh data is as varied
+    assert mode["diversity_ratio"] == 0.0 and mode["loss"] == mode["score"] + 1.0  # one event repeated: full collapse
+    assert mode["score"] > 3 * other["score"]
     with pytest.raises(PgenError, match="outside the data's range"):
         make_cfg("gan", **{"data.threshold": 300.0})
 

@@ -72,14 +72,15 @@ def test_a_training_run_keeps_the_contract(family, tiny_dataset, mlflow_store):
     assert [m.step for m in history] == [2, 4, 6, 8, 10, 12]
     expected = ["val.loss", "perf.images_per_s", "perf.epoch_time_s"]
     expected += ["val.elbo", "val.recon", "val.kl"] if family == "vae" else ["val.loss_d", "val.loss_g", "val.d_real", "val.d_fake",
-                                                                            "val.score", "val.sample_distance"]
+                                                                            "val.score", "val.collapse", "val.diversity_ratio", "val.sample_distance"]
     expected += ["val.dark_fraction", "val.occupancy_samples", "val.occupancy_data"]
     for key in expected:
         assert key in metrics, key
         assert [m.step for m in client().get_metric_history(result.run_id, key)] == [1, 2]
     assert metrics["perf.images_per_s"] > 0
     if family != "vae":  # pgen evaluate's summary score, at the dataset's threshold (2% of its range: no noise floor recorded)
-        assert metrics["val.loss"] == metrics["val.score"] and float(params["data.threshold"]) == pytest.approx(5.1)
+        assert metrics["val.loss"] == pytest.approx(metrics["val.score"] + metrics["val.collapse"])
+        assert 0 <= metrics["val.collapse"] <= 1 and float(params["data.threshold"]) == pytest.approx(5.1)
     # artifacts: config, checkpoints, sample grids
     files = {f.path for f in client().list_artifacts(result.run_id)}
     assert {"config.toml", "checkpoints"} <= files
