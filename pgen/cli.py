@@ -525,6 +525,11 @@ def tune_cmd(
     timeout: Annotated[Optional[float], typer.Option(help="Stop starting trials after S seconds.")] = None,
     pruner: Annotated[str, typer.Option(help="median, hyperband or none.")] = "median",
     sampler: Annotated[str, typer.Option(help="tpe or random.")] = "tpe",
+    objective: Annotated[
+        str, typer.Option(help="Validation metric to optimise: val.loss (VAE: negative ELBO; GANs: val.score + val.collapse), "
+                               "or any val.* metric the model logs, e.g. val.score, val.recon.")
+    ] = "val.loss",
+    direction: Annotated[str, typer.Option(help="minimize or maximize the objective.")] = "minimize",
     best: Annotated[
         Optional[str], typer.Option("--best", help="Print study STUDY's best trial and the `pgen train` command that retrains it.")
     ] = None,
@@ -540,9 +545,9 @@ def tune_cmd(
     from pgen import tune
 
     if best is not None:
-        trial, command = tune.best(best, storage)
+        trial, command, measured = tune.best(best, storage)
         params = ", ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
-        typer.echo(f"study '{best}': best trial {trial.number}, {tune.OBJECTIVE} {trial.value:.6g} ({params})")
+        typer.echo(f"study '{best}': best trial {trial.number}, {measured} {trial.value:.6g} ({params})")
         typer.echo(command)
         return
     if model is None:
@@ -552,14 +557,14 @@ def tune_cmd(
     overrides = {"data.path": data, "train.epochs": epochs, "train.batch_size": batch_size, "train.seed": seed,
                  "train.device": device}
     result = tune.run(model, trials=trials, study_name=study, storage=storage, timeout=timeout, pruner=pruner, sampler=sampler,
-                      config_file=config, overrides=overrides, experiment=experiment,
+                      objective=objective, direction=direction, config_file=config, overrides=overrides, experiment=experiment,
                       attach_run_id=os.environ.pop("MLFLOW_RUN_ID", None),  # popped: else MLflow reopens it for each trial
                       echo=typer.echo)
     if result.best_number is None:
         typer.echo(f"study '{result.study}': no complete trial yet ({result.ran} run now)")
         return
     typer.echo(f"study '{result.study}': {result.ran} trials run now; best trial {result.best_number}, "
-               f"{tune.OBJECTIVE} {result.best_value:.6g}" + (f"; tune run {result.parent_run_id}" if result.parent_run_id else ""))
+               f"{result.objective} {result.best_value:.6g}" + (f"; tune run {result.parent_run_id}" if result.parent_run_id else ""))
     typer.echo(f"retrain it: {result.command}")
 
 

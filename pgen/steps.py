@@ -367,6 +367,14 @@ def vae_summarize(s: Metrics) -> dict[str, float]:
     return out
 
 
+_SAMPLE_METRICS = ("dark_fraction", "occupancy_samples", "occupancy_data", "intensity_samples", "intensity_data",
+                   "mean_image_l1", "sample_distance")
+VAL_METRICS = {  # what each family's summarize returns (logged as val.*): the objectives `pgen tune` can optimise
+    "vae": ("loss", "nelbo", "elbo", "recon", "kl", *_SAMPLE_METRICS),
+    "gan": ("loss", "score", "collapse", "diversity_ratio", "loss_d", "loss_g", "d_real", "d_fake", *_SAMPLE_METRICS),
+}
+VAL_METRICS["dcgan"] = VAL_METRICS["gan"]
+
 GAN = Family(init, gan_step, gan_sample, gan_evaluate_batch, gan_summarize)
 VAE = Family(init, vae_step, vae_sample, vae_evaluate_batch, vae_summarize)
 FAMILIES = {"gan": GAN, "dcgan": GAN, "vae": VAE}

@@ -1,7 +1,9 @@
 """Optuna studies over any model: each trial is one ordinary training run (`pgen.train.run`).
 
-The objective is the validation loss the loop reports (``val.loss``: the VAE's negative ELBO, the
-GANs' ``val.score + val.collapse``: `pgen evaluate`'s summary score plus a mode-collapse penalty), minimised. Each trial reports it every epoch, so the pruner can stop a
+The objective, ``--objective`` (default ``val.loss``: the VAE's negative ELBO, the GANs'
+``val.score + val.collapse``, `pgen evaluate`'s summary score plus a mode-collapse penalty), is
+any validation metric of the model's runs (``steps.VAL_METRICS``), minimised unless
+``--direction maximize``. Each trial reports it every epoch, so the pruner can stop a
 poor trial early: the trial ends PRUNED in Optuna and its MLflow run KILLED with the tag
 ``pgen.trial_state=PRUNED``.
 
@@ -30,7 +32,8 @@ from pgen.errors import PgenError
 from pgen.search_space import PARAMS, Space, overrides_of, read_space
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
-OBJECTIVE = "val.loss"
+OBJECTIVE = "val.loss"  # the default objective
+DIRECTIONS = ("minimize", "maximize")
 LOSS_METRIC = {"gan": "val.score + val.collapse", "dcgan": "val.score + val.collapse", "vae": "val.nelbo"}  # what val.loss is for each model
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("median", "hyperband", "none")
@@ -94,36 +97,50 @@ def _first_line(e: BaseException, url: str) -> str:
     return f"{type(e).__name__}: {text}" if text != type(e).__name__ else text
 
 
-def load_or_create(storage, name: str, family: str, *, sampler=None, pruner=None, create: bool = True):
-    """The study named ``name``; an existing one must minimise val.loss of the same model."""
+def check_objective(family: str, objective: str, direction: str) -> None:
+    from pgen import steps
+
+    if direction not in DIRECTIONS:
+        raise PgenError(f"--direction must be minimize or maximize, got '{direction}'")
+    known = steps.VAL_METRICS.get(family, ("loss",))
+    if not objective.startswith("val.") or objective[4:] not in known:
+        raise PgenError(f"--objective '{objective}' is not a validation metric of {family} runs; "
+                        f"choose one of {', '.join('val.' + k for k in known)}")
+
+
+def load_or_create(storage, name: str, family: str, *, objective: str = OBJECTIVE, direction: str = "minimize",
+                   sampler=None, pruner=None, create: bool = True):
+    """The study named ``name``; an existing one must optimise the same objective, the same way, of the same model."""
     import optuna
 
     existing = {s.study_name: s for s in optuna.study.get_all_study_summaries(storage, include_best_trial=False)}
     summary = existing.get(name)
     if summary is not None:
-        if summary.direction != optuna.study.StudyDirection.MINIMIZE:
-            raise PgenError(f"study '{name}' exists and maximises its objective; pgen minimises {OBJECTIVE}: "
+        was = "minimises" if summary.direction == optuna.study.StudyDirection.MINIMIZE else "maximises"
+        if was[:6] != direction[:6]:
+            raise PgenError(f"study '{name}' exists and {was} its objective, not --direction {direction}: "
                             "pick another --study name")
         model = summary.user_attrs.get("model")
         if model is not None and model != family:
             raise PgenError(f"study '{name}' tunes model '{model}', not '{family}'; use `pgen tune {model}` or another --study name")
-        objective = summary.user_attrs.get("objective")
-        if objective is not None and objective != OBJECTIVE:
-            raise PgenError(f"study '{name}' minimises '{objective}', not {OBJECTIVE}; pick another --study name")
+        recorded = summary.user_attrs.get("objective")
+        if recorded is not None and recorded != objective:
+            raise PgenError(f"study '{name}' {was} '{recorded}', not {objective}; pass --objective {recorded} "
+                            "or pick another --study name")
         metric, wanted = summary.user_attrs.get("loss_metric"), LOSS_METRIC.get(family)
-        if model is not None and metric != wanted and not (metric is None and family == "vae"):
-            was = metric or "the GANs' former sample distance"
-            raise PgenError(f"study '{name}' ranked its trials by {was}, not "
+        if objective == OBJECTIVE and model is not None and metric != wanted and not (metric is None and family == "vae"):
+            ranked = metric or "the GANs' former sample distance"
+            raise PgenError(f"study '{name}' ranked its trials by {ranked}, not "
                             f"{wanted}: the values do not compare; pick another --study name")
     elif not create:
         names = ", ".join(sorted(existing)) or "none"
         raise PgenError(f"no study named '{name}' in this storage (it has: {names})")
-    study = optuna.create_study(study_name=name, storage=storage, direction="minimize", sampler=sampler, pruner=pruner,
+    study = optuna.create_study(study_name=name, storage=storage, direction=direction, sampler=sampler, pruner=pruner,
                                 load_if_exists=True)
     if "model" not in study.user_attrs:
         study.set_user_attr("model", family)
-        study.set_user_attr("objective", OBJECTIVE)
-        if family in LOSS_METRIC:
+        study.set_user_attr("objective", objective)
+        if family in LOSS_METRIC and objective == OBJECTIVE:
             study.set_user_attr("loss_metric", LOSS_METRIC[family])
     return study
 
@@ -140,6 +157,7 @@ class Outcome:
     best_value: float | None
     best_params: dict[str, Any]
     command: str | None
+    objective: str = OBJECTIVE
 
 
 def _counted(study, before: int | None = None) -> int:
@@ -186,6 +204,8 @@ def run(
     timeout: float | None = None,
     pruner: str = "median",
     sampler: str = "tpe",
+    objective: str = OBJECTIVE,
+    direction: str = "minimize",
     config_file: str | Path | None = None,
     overrides: Mapping[str, Any] | None = None,
     experiment: str | None = None,
@@ -208,6 +228,8 @@ def run(
         raise PgenError(f"--pruner must be one of {', '.join(PRUNERS)}, got '{pruner}'")
     if sampler not in SAMPLERS:
         raise PgenError(f"--sampler must be one of {', '.join(SAMPLERS)}, got '{sampler}'")
+    check_objective(family, objective, direction)
+    key = objective[len("val."):]
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     space = read_space(family, config_file)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # pgen prints one line per trial
@@ -230,7 +252,7 @@ def run(
         "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(epochs, 1), reduction_factor=3),
         "none": lambda: optuna.pruners.NopPruner(),
     }[pruner]()
-    study = load_or_create(store, name, family, pruner=pruner_obj)
+    study = load_or_create(store, name, family, objective=objective, direction=direction, pruner=pruner_obj)
     _retry_orphans(study, store)
     seed = (base.train.seed * 1_000_003 + len(study.get_trials(deepcopy=False))) % 2**32
     study.sampler = optuna.samplers.TPESampler(seed=seed) if sampler == "tpe" else optuna.samplers.RandomSampler(seed=seed)
@@ -245,13 +267,14 @@ def run(
                             run_name=None if attach_run_id else f"tune-{name}", tags=tags)
     client = tracking.client()
     ran = 0
+    sign = 1.0 if direction == "minimize" else -1.0  # sign * value: lower is better
     best = {"value": math.inf}
     with tracking.ending_on_error():
         tracking.log_params(parent, {"study": name, "storage": redact(storage), "sampler": sampler, "pruner": pruner,
-                                     "trials": trials, "objective": OBJECTIVE, "model": family,
+                                     "trials": trials, "objective": objective, "direction": direction, "model": family,
                                      "space": json.dumps({d.name: list(d.choices) if d.choices else [d.low, d.high] for d in space.dims})})
 
-        def objective(trial):
+        def run_trial(trial):
             nonlocal ran
             if _counted(study, before=trial.number) >= trials:  # another worker got there first
                 trial.set_user_attr("pgen.surplus", True)
@@ -263,7 +286,7 @@ def run(
             pruned_at: list[int] = []
 
             def on_epoch(epoch: int, val: dict[str, float]) -> bool:
-                trial.report(val["loss"], epoch)
+                trial.report(val[key], epoch)
                 if epoch < epochs and trial.should_prune():  # a trial that trained every epoch completes
                     pruned_at.append(epoch)
                     return True
@@ -279,14 +302,14 @@ def run(
                 raise
             if result.status == "KILLED" and pruned_at:
                 client.set_tag(result.run_id, "pgen.trial_state", "PRUNED")
-                echo(f"trial {trial.number} PRUNED after epoch {pruned_at[0]}: {OBJECTIVE} {result.val['loss']:.6g} {_fmt(params)}")
+                echo(f"trial {trial.number} PRUNED after epoch {pruned_at[0]}: {objective} {result.val[key]:.6g} {_fmt(params)}")
                 raise optuna.TrialPruned(f"pruned after epoch {pruned_at[0]}")
             if result.status == "KILLED":  # Ctrl-C / SIGTERM: stop the whole session
                 client.set_tag(result.run_id, "pgen.trial_state", "FAIL")
                 raise KeyboardInterrupt
             client.set_tag(result.run_id, "pgen.trial_state", "COMPLETE")
-            value = float(result.val["loss"])
-            echo(f"trial {trial.number} COMPLETE: {OBJECTIVE} {value:.6g} {_fmt(params)}")
+            value = float(result.val[key])
+            echo(f"trial {trial.number} COMPLETE: {objective} {value:.6g} {_fmt(params)}")
             return value
 
         def log_best(study_, frozen) -> None:
@@ -294,9 +317,9 @@ def run(
                 bt = study_.best_trial
             except ValueError:
                 return
-            if bt.value is None or bt.value >= best["value"]:
+            if bt.value is None or sign * bt.value >= best["value"]:
                 return
-            best["value"] = bt.value
+            best["value"] = sign * bt.value
             metrics = {"best.value": bt.value, "best.trial": bt.number}
             metrics.update({f"best.{k}": float(v) for k, v in bt.params.items() if isinstance(v, (int, float))})
             log = tracking.MetricLog(parent)
@@ -309,7 +332,7 @@ def run(
             if _counted(study_) >= trials:
                 study_.stop()
 
-        study.optimize(objective, n_trials=trials, timeout=timeout, catch=(PgenError,), callbacks=[cap, log_best],
+        study.optimize(run_trial, n_trials=trials, timeout=timeout, catch=(PgenError,), callbacks=[cap, log_best],
                        gc_after_trial=False)
         _log_plots(client, parent, study, space)
     tracking.end("FINISHED")
@@ -365,11 +388,12 @@ def _fmt(params: Mapping[str, Any]) -> str:
 
 
 def _outcome(study, name: str, parent: str | None, ran: int) -> Outcome:
+    objective = study.user_attrs.get("objective", OBJECTIVE)
     try:
         bt = study.best_trial
     except ValueError:
-        return Outcome(name, parent, ran, None, None, {}, None)
-    return Outcome(name, parent, ran, bt.number, bt.value, dict(bt.params), command_for(study, bt))
+        return Outcome(name, parent, ran, None, None, {}, None, objective)
+    return Outcome(name, parent, ran, bt.number, bt.value, dict(bt.params), command_for(study, bt), objective)
 
 
 def _log_plots(client, parent: str, study, space: Space) -> None:
@@ -417,8 +441,8 @@ def _log_plots(client, parent: str, study, space: Space) -> None:
 # --------------------------------------------------------------------------- the best trial
 
 
-def best(study_name: str, storage: str = DEFAULT_STORAGE) -> tuple[Any, str]:
-    """(the study's best trial, the `pgen train` command that retrains it)."""
+def best(study_name: str, storage: str = DEFAULT_STORAGE) -> tuple[Any, str, str]:
+    """(the study's best trial, the `pgen train` command that retrains it, the study's objective)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # pgen prints one line per trial
@@ -431,7 +455,7 @@ def best(study_name: str, storage: str = DEFAULT_STORAGE) -> tuple[Any, str]:
         bt = study.best_trial
     except ValueError:
         raise PgenError(f"study '{study_name}' has no complete trial yet; run `pgen tune` first") from None
-    return bt, command_for(study, bt)
+    return bt, command_for(study, bt), study.user_attrs.get("objective", OBJECTIVE)
 
 
 if __name__ == "__main__":  # pragma: no cover

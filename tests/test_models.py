@@ -257,6 +257,7 @@ def test_the_gans_validation_loss_is_evaluates_summary_score():
     assert other["loss"] == other["score"] + other["collapse"] and other["collapse"] < 0.1  # fresh data is as varied
     assert mode["diversity_ratio"] == 0.0 and mode["loss"] == mode["score"] + 1.0  # one event repeated: full collapse
     assert mode["score"] > 3 * other["score"]
+    assert set(same) == set(steps.VAL_METRICS["gan"])  # the objectives `pgen tune --objective` offers
     with pytest.raises(PgenError, match="outside the data's range"):
         make_cfg("gan", **{"data.threshold": 300.0})
 
@@ -276,6 +277,7 @@ def test_losses_fall_on_a_small_dataset(family, over):
         state, m = fam.step(state, data[(i % 4) * 16 : (i % 4 + 1) * 16], rng)
         history.append(m)
     after = fam.summarize(fam.evaluate_batch(state, data, eval_rng()))
+    assert set(after) == set(steps.VAL_METRICS[family])  # the objectives `pgen tune --objective` offers
     if family == "vae":
         assert after["nelbo"] < 0.8 * before["nelbo"]
         assert history[-1]["loss"] < history[0]["loss"]

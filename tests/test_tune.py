@@ -173,6 +173,31 @@ def test_two_workers_on_postgresql_share_one_study(tiny_dataset, tiny_config, ml
     _check_shared(url, 5)
 
 
+def test_another_objective_maximised(tiny_dataset, tiny_config, mlflow_store, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    result = tune_tiny(tiny_dataset, tiny_config, storage, trials=3, study_name="elbo", pruner="none",
+                       objective="val.elbo", direction="maximize")
+    study = optuna.load_study(study_name="elbo", storage=storage)
+    assert study.direction == optuna.study.StudyDirection.MAXIMIZE and study.user_attrs["objective"] == "val.elbo"
+    values = {}
+    for r in runs_of(result.parent_run_id):
+        t = study.trials[int(r.data.tags["pgen.trial"])]
+        assert t.value == pytest.approx(r.data.metrics["val.elbo"]) == pytest.approx(-r.data.metrics["val.loss"])
+        values[t.number] = t.value
+    assert len(values) == 3 and study.best_value == max(values.values()) and result.best_value == study.best_value
+    parent = client().get_run(result.parent_run_id)
+    assert parent.data.params["objective"] == "val.elbo" and parent.data.params["direction"] == "maximize"
+    assert parent.data.metrics["best.value"] == pytest.approx(study.best_value)  # the highest, logged as it improved
+    out = CliRunner().invoke(app, ["tune", "--best", "elbo", "--storage", storage])
+    assert out.exit_code == 0 and f"val.elbo {study.best_value:.6g}" in out.output, out.output
+    # the study continues only with its own objective and direction
+    for extra, match in (([], "maximises its objective, not --direction minimize"),
+                         (["--direction", "maximize", "--objective", "val.recon"], "pass --objective val.elbo")):
+        out = CliRunner().invoke(app, ["tune", "vae", "--trials", "4", "--study", "elbo", "--storage", storage, "--data",
+                                       str(tiny_dataset), "--batch-size", "32", *extra])
+        assert out.exit_code == 1 and match in out.output and out.output.strip().count("\n") == 0, out.output
+
+
 # --------------------------------------------------------------------------- bad input
 
 
@@ -192,6 +217,9 @@ def _no_run_left_running() -> bool:
         (["vae", "--trials", "2"], "[tune]\nlr = [1e-2, 1e-5]\n", "inverted"),
         (["vae", "--trials", "2"], "[tune]\nlatent_dim = [8, 8]\n", "empty range"),
         (["vae", "--trials", "2"], "[tune]\nwidth = [8, 16]\n", "unknown parameter 'width'"),
+        (["vae", "--trials", "2", "--objective", "val.score"], None, "'val.score' is not a validation metric of vae runs; choose one of val.loss"),
+        (["gan", "--trials", "2", "--objective", "loss"], None, "'loss' is not a validation metric of gan runs"),
+        (["vae", "--trials", "2", "--direction", "up"], None, "--direction must be minimize or maximize"),
     ],
 )
 def test_bad_input_is_one_line_and_leaves_no_run(args, toml, match, tiny_dataset, mlflow_store, tmp_path):
