@@ -170,16 +170,19 @@ def _check_finite(values: dict[str, float], where: str, cfg: Config) -> None:
 
 
 def evaluate(family: steps.Family, state: steps.State, batches: Batches, rng: torch.Generator) -> dict[str, float]:
-    """Validation metrics over a whole split (sums per batch, added on the device, one sync at the end; per-image
-    values, keys ``each.*``, concatenated)."""
+    """Validation metrics over a whole split (sums per batch, added on the device, one sync at the end), and the
+    family's per-image values (``evaluate_each``, keys ``each.*``, concatenated) over its first `steps.SCORE_IMAGES`."""
     totals: dict[str, torch.Tensor] = {}
     each: dict[str, list[torch.Tensor]] = {}
+    seen = 0
     for batch in batches.epoch(0):
         for k, v in family.evaluate_batch(state, batch, rng).items():
-            if k.startswith("each."):
+            totals[k] = totals[k] + v if k in totals else v
+        if family.evaluate_each is not None and seen < steps.SCORE_IMAGES:
+            part = batch[: steps.SCORE_IMAGES - seen]
+            seen += len(part)
+            for k, v in family.evaluate_each(state, part, rng).items():
                 each.setdefault(k, []).append(v)
-            else:
-                totals[k] = totals[k] + v if k in totals else v
     return family.summarize({**{k: v.cpu() for k, v in totals.items()}, **{k: torch.cat(v).cpu() for k, v in each.items()}})
 
 

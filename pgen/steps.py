@@ -7,12 +7,14 @@ state it was given, its step count advanced. Metrics are 0-d tensors, left on th
 the loop decides when to synchronise.
 
 ``evaluate_batch(state, batch, rng)`` returns sums over the batch (tensors) that the loop adds
-up over the validation split, and per-image values (keys ``each.*``) that it concatenates;
+up over the validation split; the optional ``evaluate_each`` per-image values (keys ``each.*``)
+that it concatenates over the first `SCORE_IMAGES` validation images;
 ``summarize(sums)`` turns the totals into metrics (floats), ``"loss"`` among them: the number the
 best checkpoint, ``EXPERIMENT:best`` and `pgen tune` minimise (VAE: negative ELBO per image;
 GANs: ``score + collapse``, below).
 
-GAN validation draws one sample per validation image and compares the two sets.
+GAN validation draws one sample per validation image and compares the two sets; ``score`` and
+``diversity_ratio`` use the first `SCORE_IMAGES` of them (``evaluate_each``).
 ``score`` is `pgen evaluate`'s summary score: the mean over the
 physics-style statistics of `pgen.evaluate.stats` (occupancy, charge, pixel spectrum, clusters,
 largest cluster's length and width, dark fraction) of their 1-D Wasserstein distance divided by
@@ -82,6 +84,12 @@ class Family:
     sample: Callable[[State, int, torch.Generator], torch.Tensor]
     evaluate_batch: Callable[[State, torch.Tensor, torch.Generator], Metrics]
     summarize: Callable[[Metrics], dict[str, float]]
+    # per-image values (keys ``each.*``, concatenated) over the first `SCORE_IMAGES` validation images
+    evaluate_each: Callable[[State, torch.Tensor, torch.Generator], Metrics] | None = None
+
+
+SCORE_IMAGES = 2048  # validation images in the GANs' score and diversity (all of lartpc64's 1,200; MNIST's first 2,048)
+SCORE_PIXELS = 8192  # lit-pixel values kept per batch for the pixel spectrum (evenly spaced; `stats.image_statistics`)
 
 
 # --------------------------------------------------------------------------- building
@@ -274,22 +282,24 @@ def gan_evaluate_batch(state: State, batch: torch.Tensor, rng: torch.Generator) 
             "d_fake": torch.sigmoid(fake_logits).sum(),
         }
         sums.update(_sample_sums(fake, batch, state.hp))
-        sums.update(_image_statistics(fake, batch, state.hp))
     return sums
 
 
-def _image_statistics(fake: torch.Tensor, real: torch.Tensor, hp: Hyper) -> Metrics:
-    """Per-image statistics (`pgen.evaluate.stats`) of samples and data in stored units, ``each.<side>.<stat>``;
-    none for multi-channel images or without a threshold."""
-    d = hp.data
-    if d is None or d.threshold is None or fake.shape[1] != 1:
+def gan_evaluate_each(state: State, batch: torch.Tensor, rng: torch.Generator) -> Metrics:
+    """Per-image statistics (`pgen.evaluate.stats`) and bit-packed images of samples and data in stored units,
+    ``each.<side>.<stat>``; none for multi-channel images or without a threshold."""
+    d = state.hp.data
+    if d is None or d.threshold is None or batch.shape[1] != 1:
         return {}
     from pgen.evaluate import hamming, stats
 
+    g = state.nets["g"]
+    with batch_statistics(g):
+        fake = g(_latent(state, len(batch), rng, batch.device))
     out = {}
-    for side, x in (("samples", fake), ("data", real)):
+    for side, x in (("samples", fake), ("data", batch)):
         values = config.from_model(x.detach().float(), d).cpu().numpy()
-        for k, v in stats.image_statistics(values, d.threshold).items():
+        for k, v in stats.image_statistics(values, d.threshold, max_pixels=SCORE_PIXELS).items():
             out[f"each.{side}.{k}"] = torch.from_numpy(v)
         out[f"each.{side}.bits"] = torch.from_numpy(hamming.pack(values, d.threshold).view(np.uint8))  # for diversity
     return out
@@ -375,7 +385,7 @@ VAL_METRICS = {  # what each family's summarize returns (logged as val.*): the o
 }
 VAL_METRICS["dcgan"] = VAL_METRICS["gan"]
 
-GAN = Family(init, gan_step, gan_sample, gan_evaluate_batch, gan_summarize)
+GAN = Family(init, gan_step, gan_sample, gan_evaluate_batch, gan_summarize, gan_evaluate_each)
 VAE = Family(init, vae_step, vae_sample, vae_evaluate_batch, vae_summarize)
 FAMILIES = {"gan": GAN, "dcgan": GAN, "vae": VAE}
 

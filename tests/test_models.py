@@ -39,6 +39,13 @@ def batch_for(cfg: config.Config, n: int = 16, seed: int = 0) -> torch.Tensor:
     return config.to_model(raw, cfg.data)
 
 
+def validate(fam: steps.Family, state: steps.State, data: torch.Tensor, rng: torch.Generator, batch: int = 16) -> dict[str, float]:
+    """The loop's validation pass over ``data`` (model range) in batches of ``batch``."""
+    from pgen import loop, train
+
+    return loop.evaluate(fam, state, train.MemoryBatches(data, batch, seed=None, drop_last=False), rng)
+
+
 def snapshot(state: steps.State) -> dict[str, torch.Tensor]:
     return {f"{k}.{n}": p.detach().clone() for k, net in state.nets.items() for n, p in net.state_dict().items()}
 
@@ -236,7 +243,7 @@ class Fixed(torch.nn.Module):
         return self.images[: len(z)]
 
 
-def test_the_gans_validation_loss_is_evaluates_summary_score():
+def test_the_gans_validation_loss_is_evaluates_summary_score(monkeypatch):
     from pgen.evaluate import stats
 
     cfg = make_cfg("gan", **{"model.n_layers": 1, "model.hidden_width": 8})
@@ -247,7 +254,7 @@ def test_the_gans_validation_loss_is_evaluates_summary_score():
 
     def score(samples: torch.Tensor) -> dict[str, float]:
         fixed = dataclasses.replace(state, nets={**state.nets, "g": Fixed(config.to_model(samples, cfg.data))})
-        return steps.GAN.summarize(steps.GAN.evaluate_batch(fixed, config.to_model(data, cfg.data), torch.Generator()))
+        return validate(steps.GAN, fixed, config.to_model(data, cfg.data), torch.Generator(), batch=64)
 
     same, other, mode = score(data), score(held_out), score(collapsed)
     assert same["score"] == same["collapse"] == same["loss"] == 0.0 and same["diversity_ratio"] == 1.0
@@ -258,6 +265,10 @@ def test_the_gans_validation_loss_is_evaluates_summary_score():
     assert mode["diversity_ratio"] == 0.0 and mode["loss"] == mode["score"] + 1.0  # one event repeated: full collapse
     assert mode["score"] > 3 * other["score"]
     assert set(same) == set(steps.VAL_METRICS["gan"])  # the objectives `pgen tune --objective` offers
+    monkeypatch.setattr(steps, "SCORE_IMAGES", 32)  # the statistics of the first SCORE_IMAGES validation images only
+    first = stats.summary_score(stats.compare(stats.image_statistics(data[:32].numpy(), 5.0),
+                                              stats.image_statistics(held_out[:32].numpy(), 5.0)))
+    assert score(held_out)["score"] == pytest.approx(first, rel=1e-6) and first != pytest.approx(expected, rel=1e-3)
     with pytest.raises(PgenError, match="outside the data's range"):
         make_cfg("gan", **{"data.threshold": 300.0})
 
@@ -271,12 +282,12 @@ def test_losses_fall_on_a_small_dataset(family, over):
     fam = steps.FAMILIES[family]
     rng = torch.Generator().manual_seed(1)
     eval_rng = lambda: torch.Generator().manual_seed(2)  # noqa: E731
-    before = fam.summarize(fam.evaluate_batch(state, data, eval_rng()))
+    before = validate(fam, state, data, eval_rng())
     history = []
     for i in range(60):
         state, m = fam.step(state, data[(i % 4) * 16 : (i % 4 + 1) * 16], rng)
         history.append(m)
-    after = fam.summarize(fam.evaluate_batch(state, data, eval_rng()))
+    after = validate(fam, state, data, eval_rng())
     assert set(after) == set(steps.VAL_METRICS[family])  # the objectives `pgen tune --objective` offers
     if family == "vae":
         assert after["nelbo"] < 0.8 * before["nelbo"]
