@@ -43,8 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pgen import distributed
-from pgen import config
+from pgen import config, distributed
 from pgen.config import Config, DataConfig
 from pgen.models import dcgan, gan, vae
 
@@ -318,8 +317,8 @@ def gan_summarize(s: Metrics) -> dict[str, float]:
         bits = {side: sides[side].pop("bits") for side in sides}
         out["score"] = stats.summary_score(stats.compare(sides["data"], sides["samples"]))
         if len(bits["samples"]) >= 2:
-            med = {side: float(np.median(hamming.nearest(b, b, exclude_self=True)[0])) for side, b in bits.items()}
-            out["diversity_ratio"] = med["samples"] / med["data"] if med["data"] > 0 else float(med["samples"] == 0)
+            nn_s, nn_d = (hamming.nearest(bits[side], bits[side], exclude_self=True)[0] for side in ("samples", "data"))
+            out["diversity_ratio"] = hamming.median_ratio(nn_s, nn_d)
         out["collapse"] = max(0.0, 1.0 - out.get("diversity_ratio", 1.0))
         out["loss"] = out["score"] + out["collapse"]
     return out

@@ -376,6 +376,14 @@ class CopyRate(NamedTuple):
     threshold: float  # the `percentile`-th percentile of held-out-to-train distances
 
 
+def median_ratio(generated: Sequence[float], held_out: Sequence[float]) -> float:
+    """median(generated) / median(held_out) of nearest-neighbour distances: the memorisation ratio (to train) or the
+    diversity ratio (to the nearest other image of the same set). 1 when both medians are 0, inf when only
+    the held-out one is."""
+    a, b = float(np.median(generated)), float(np.median(held_out))
+    return a / b if b > 0 else (1.0 if a == 0 else float("inf"))
+
+
 def copy_rate(gen_to_train: Sequence[float], test_to_train: Sequence[float], percentile: float = 1.0) -> CopyRate:
     """Fraction of generated images closer to their nearest training image than held-out data is.
 

@@ -34,8 +34,8 @@ from typing import Callable, Iterator
 import numpy as np
 
 from pgen import config, tracking
-from pgen.errors import PgenError
 from pgen.data.store import default_threshold
+from pgen.errors import PgenError
 from pgen.evaluate import hamming, stats
 
 SUMMARY = ("eval.score", "eval.copy_rate", "eval.memorisation_ratio", "eval.diversity_ratio", "eval.dark_fraction", "eval.fid")
@@ -255,8 +255,8 @@ def _measure(draws: Iterator[np.ndarray], n_samples: int, data_file: Path, held_
         "eval.nn_test_test_median": float(np.median(d_hh)),
         "eval.nn_gen_train_mean": float(np.mean(d_st)),
         "eval.nn_test_train_mean": float(np.mean(d_ht)),
-        "eval.memorisation_ratio": _ratio(np.median(d_st), np.median(d_ht)),
-        "eval.diversity_ratio": _ratio(np.median(d_ss), np.median(d_hh)),
+        "eval.memorisation_ratio": hamming.median_ratio(d_st, d_ht),
+        "eval.diversity_ratio": hamming.median_ratio(d_ss, d_hh),
     }
 
     if copy_lit is not None:
@@ -310,10 +310,6 @@ def _measure(draws: Iterator[np.ndarray], n_samples: int, data_file: Path, held_
     nearest_train = _read_rows(data_file, "train", i_st[chosen])
     plots.nearest_pairs(samples[chosen], nearest_train, d_st[chosen], folder / "nearest_train.png")
     return report
-
-
-def _ratio(a: float, b: float) -> float:
-    return float(a / b) if b > 0 else (1.0 if a == 0 else float("inf"))
 
 
 def _quantiles(d: np.ndarray) -> dict:
