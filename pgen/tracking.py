@@ -26,7 +26,7 @@ import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
-from pgen.errors import PgenError
+from pgen.errors import PgenError, first_line
 
 KIND = "train"
 PREVIOUS = "previous.pt"  # the last.pt before the current one (local stores): the fallback of a resume
@@ -267,9 +267,8 @@ def load_checkpoint(run_id: str, name: str = "last.pt") -> dict:
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - corrupt zip, truncated file or pickled objects
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise PgenError(
-                f"run {run_id}: checkpoints/{name} is corrupt or holds pickled objects pgen will not load ({first[:200]}); "
+                f"run {run_id}: checkpoints/{name} is corrupt or holds pickled objects pgen will not load ({first_line(e)[:200]}); "
                 "resume from another run or start a new one"
             ) from None
     if not isinstance(payload, dict) or payload.get("format") != "pgen-checkpoint":
@@ -307,7 +306,7 @@ class Outage:
             if not remote() or not _unreachable(e):
                 raise
             if self.down is None:
-                self.warn(f"warning: tracking server {mlflow.get_tracking_uri()} unreachable ({_first_line(e)}); "
+                self.warn(f"warning: tracking server {mlflow.get_tracking_uri()} unreachable ({first_line(e)[:160]}); "
                           "training goes on, metrics held back, checkpoints kept in " + str(spool_dir(self.run_id)))
             self.down = what
             self.missed[what] = self.missed.get(what, 0) + 1
@@ -344,7 +343,7 @@ class Outage:
                         f"RUNNING there. The weights are in {spool_dir(self.run_id) / 'last.pt'}: once the server is back, "
                         f"`pgen train ... --resume {self.run_id}` continues from them") from None
                 if self.down is None:
-                    self.warn(f"warning: tracking server unreachable at the end of training ({_first_line(e)}); "
+                    self.warn(f"warning: tracking server unreachable at the end of training ({first_line(e)[:160]}); "
                               f"retrying for up to {grace:.0f} s")
                     self.down = "end"
                 time.sleep(wait)
@@ -361,11 +360,6 @@ def _unreachable(e: BaseException) -> bool:
     return isinstance(e, MlflowException) and any(s in text for s in (
         "Max retries exceeded", "Connection refused", "ConnectionError", "Failed to establish", "timed out",
         "Read timed out", "502", "503", "504", "too many 500 error responses"))
-
-
-def _first_line(e: BaseException) -> str:
-    s = str(e).strip().splitlines()
-    return (s[0] if s else type(e).__name__)[:160]
 
 
 # --------------------------------------------------------------------------- run references
@@ -386,7 +380,7 @@ def close_if_stale(run, warn=None) -> None:
     if run.info.status != "RUNNING":
         return
     host, pid = run.data.tags.get("pgen.host"), run.data.tags.get("pgen.pid", "")
-    if host == socket.gethostname() and pid.isdigit() and _alive(int(pid)) and int(pid) != os.getpid():
+    if host == socket.gethostname() and pid.isdigit() and alive(int(pid)) and int(pid) != os.getpid():
         raise PgenError(f"run {run.info.run_id} is still being trained by process {pid} on this machine; "
                         "stop it first (Ctrl-C checkpoints it), then resume")
     client().set_terminated(run.info.run_id, "KILLED")
@@ -395,7 +389,8 @@ def close_if_stale(run, warn=None) -> None:
         warn(f"run {run.info.run_id} was left RUNNING by process {pid or '?'} on {host or '?'}, which is gone: marked KILLED, resuming")
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` of this machine is still running (another user's counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

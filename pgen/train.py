@@ -22,7 +22,7 @@ import torch
 
 from pgen import distributed, __version__, config, loop, steps, tracking
 from pgen.config import Config
-from pgen.errors import PgenError
+from pgen.errors import PgenError, first_line
 
 
 @dataclass
@@ -251,7 +251,7 @@ def _run(family, *, config_file, overrides, resume, experiment, run_name, attach
         try:
             state = steps.load_state(state, _to_device(checkpoint["state"], device))
         except (KeyError, RuntimeError, ValueError) as e:
-            raise PgenError(f"run {resumed.info.run_id}: checkpoint does not fit the model ({str(e).splitlines()[0][:200]}); "
+            raise PgenError(f"run {resumed.info.run_id}: checkpoint does not fit the model ({first_line(e)[:200]}); "
                             "start a new run") from None
 
     if not world.main:  # another torchrun process: trains its share, never opens or touches the MLflow run

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from pgen import config
-from pgen.errors import PgenError
+from pgen.errors import PgenError, first_line
 from pgen.search_space import PARAMS, Space, overrides_of, read_space
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
@@ -69,7 +69,7 @@ def open_storage(url: str, *, heartbeat: bool = True):
         try:
             return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
         except Exception as e:  # noqa: BLE001 - any problem opening the file is the user's to fix
-            raise PgenError(f"--storage {shown}: cannot open the journal file ({_first_line(e, url)})") from None
+            raise PgenError(f"--storage {shown}: cannot open the journal file ({_storage_error(e, url)})") from None
     import warnings
 
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
@@ -83,11 +83,11 @@ def open_storage(url: str, *, heartbeat: bool = True):
                           "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=1)}
             return RDBStorage(url, **kwargs)
     except Exception as e:  # noqa: BLE001 - sqlalchemy's ArgumentError, OperationalError, a missing driver, ...
-        raise PgenError(f"--storage {shown}: cannot open it ({_first_line(e, url)}); check the URL, the server and its driver") from None
+        raise PgenError(f"--storage {shown}: cannot open it ({_storage_error(e, url)}); check the URL, the server and its driver") from None
 
 
-def _first_line(e: BaseException, url: str) -> str:
-    text = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+def _storage_error(e: BaseException, url: str) -> str:
+    text = first_line(e)[:300]
     if isinstance(e, ImportError) and isinstance(e.__cause__ or e.__context__, ImportError):  # name the missing driver
         text += f" ({e.__cause__ or e.__context__})"
 
@@ -340,35 +340,27 @@ def run(
 
 
 def _worker() -> str:
-    import os
-    import socket
+    from pgen import tracking
 
-    return f"{socket.gethostname()}:{os.getpid()}"
+    who = tracking.process_tags()
+    return f"{who['pgen.host']}:{who['pgen.pid']}"
 
 
 def _retry_orphans(study, storage) -> None:
     """Journal storages have no heartbeat: a RUNNING trial whose worker process on this host is gone
     (killed with SIGKILL, a crash) is marked FAIL and its parameters enqueued once more."""
-    import os
-    import socket
-
     import optuna
     from optuna.trial import TrialState
 
+    from pgen import tracking
+
     if not isinstance(storage, optuna.storages.JournalStorage):
         return  # RDB storages: the heartbeat fails and retries stale trials
-    host = socket.gethostname()
+    host = tracking.process_tags()["pgen.host"]
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker_host, _, pid = str(t.user_attrs.get("pgen.worker", "")).rpartition(":")
-        if worker_host != host or not pid.isdigit():
-            continue
-        try:
-            os.kill(int(pid), 0)
-            continue  # still running
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue  # alive, another user's
+        if worker_host != host or not pid.isdigit() or tracking.alive(int(pid)):
+            continue  # another machine's worker, or one still running
         storage.set_trial_user_attr(t._trial_id, "pgen.fail_reason", f"worker {worker_host}:{pid} died mid-trial")
         if storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
             if "pgen.retry_of" not in t.user_attrs:  # retried once

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from pgen.data.store import _split_group, _short, open_store
-from pgen.errors import PgenError
+from pgen.data.store import _split_group, open_store
+from pgen.errors import PgenError, first_line
 
 
 class ImageDataset(Dataset):
@@ -53,7 +53,7 @@ class ImageDataset(Dataset):
                 try:
                     self._images = torch.from_numpy(g["images"][:])
                 except OSError as e:
-                    raise PgenError(f"{self.path}: split '{split}' cannot be read (corrupt?): {_short(e)}") from None
+                    raise PgenError(f"{self.path}: split '{split}' cannot be read (corrupt?): {first_line(e)}") from None
         self._file: h5py.File | None = None
         self._pid: int | None = None
 

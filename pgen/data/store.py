@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 
 from pgen import __version__
-from pgen.errors import PgenError
+from pgen.errors import PgenError, first_line
 
 FORMAT = "pgen-images"
 VERSION = 1
@@ -185,7 +185,7 @@ def open_store(path: str | os.PathLike) -> h5py.File:
     except PermissionError:
         raise PgenError(f"{p}: permission denied; check the file's permissions") from None
     except OSError as e:
-        raise PgenError(f"{p}: not a readable HDF5 file (truncated or corrupt?): {_short(e)}") from None
+        raise PgenError(f"{p}: not a readable HDF5 file (truncated or corrupt?): {first_line(e)}") from None
     fmt = _text(f.attrs.get("format"))
     if fmt != FORMAT:
         f.close()
@@ -218,7 +218,7 @@ def read_split(path: str | os.PathLike, split: str, *, n: int | None = None, sta
         try:
             return {k: g[k][start:stop] for k in ("images", "labels", "segmentation") if k in g}
         except OSError as e:
-            raise PgenError(f"{path}: split '{split}' cannot be read (corrupt or truncated?): {_short(e)}") from None
+            raise PgenError(f"{path}: split '{split}' cannot be read (corrupt or truncated?): {first_line(e)}") from None
 
 
 def _split_group(f: h5py.File, path, split: str) -> h5py.Group:
@@ -269,7 +269,7 @@ def describe(path: str | os.PathLike, *, max_images: int = 2000) -> dict[str, An
             try:
                 stats = _image_stats(images, k)
             except OSError as e:
-                raise PgenError(f"{path}: split '{name}' cannot be read (corrupt or truncated?): {_short(e)}") from None
+                raise PgenError(f"{path}: split '{name}' cannot be read (corrupt or truncated?): {first_line(e)}") from None
             entry: dict[str, Any] = {
                 "n": n,
                 "shape": list(images.shape[1:]),
@@ -323,7 +323,3 @@ def _image_stats(ds: h5py.Dataset, k: int) -> dict[str, Any]:
 
 def _text(value: Any) -> Any:
     return value.decode() if isinstance(value, bytes) else value
-
-
-def _short(e: BaseException) -> str:
-    return str(e).splitlines()[0] if str(e) else type(e).__name__

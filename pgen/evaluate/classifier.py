@@ -35,7 +35,7 @@ from torch import nn
 
 from pgen.data.builtin import cache_dir
 from pgen.data.store import attrs_of, open_store, split_names
-from pgen.errors import PgenError
+from pgen.errors import PgenError, first_line
 from pgen.tracking import file_digest
 
 FORMAT = "pgen-classifier"
@@ -278,7 +278,7 @@ def _read(file: Path):
             train = f["train"]["images"][:], f["train"]["labels"][:]
             evaluation = train if split == "train" else (f[split]["images"][:], f[split]["labels"][:])
         except OSError as e:
-            raise PgenError(f"{file}: cannot be read (corrupt or truncated?): {str(e).splitlines()[0]}") from None
+            raise PgenError(f"{file}: cannot be read (corrupt or truncated?): {first_line(e)}") from None
     lo, hi = (float(v) for v in attrs.get("value_range", (0.0, 1.0)))
     if not hi > lo:
         raise PgenError(f"{file}: value_range {lo}..{hi} is empty; the classifier needs it to scale images")
