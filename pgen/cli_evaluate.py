@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from pgen.cli import ExperimentOpt, WhichCheckpointOpt, app, handled
+from pgen.cli import WhichCheckpointOpt, app, handled
 
 
 @app.command("evaluate")

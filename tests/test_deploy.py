@@ -10,7 +10,6 @@ import h5py
 import mlflow
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from pgen import latent, sample, train

@@ -15,7 +15,6 @@ from typer.testing import CliRunner
 from conftest import sparse_images
 from pgen.cli import app
 from pgen.data.store import write_arrays
-from pgen.errors import PgenError
 from pgen.evaluate import compare, report
 from test_deploy import trained
 

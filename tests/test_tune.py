@@ -16,7 +16,6 @@ from typer.testing import CliRunner
 
 from pgen import tune
 from pgen.cli import app
-from pgen.errors import PgenError
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_TOML = """\

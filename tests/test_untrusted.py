@@ -6,7 +6,6 @@ import pathlib
 from pathlib import Path
 
 import mlflow
-import pytest
 import torch
 from typer.testing import CliRunner
 
